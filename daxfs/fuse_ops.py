@@ -1,0 +1,323 @@
+"""The FUSE layer: translates pyfuse3 requests into Filesystem calls and back.
+
+No filesystem logic lives here: arguments are unpacked, FsError becomes FUSEError,
+inodes become EntryAttributes, and file handles are mapped to inodes.  Corruption
+found by a lower layer makes the filesystem read-only (s3ql's rule) and answers EIO.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, cast
+
+import pyfuse3
+
+from .errors import CorruptionError, FsError
+from .fs import Filesystem
+from .inode import Inode
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+ATTR_TIMEOUT = 1.0
+ENTRY_TIMEOUT = 1.0
+
+
+def _translate(fn: F) -> F:
+    @functools.wraps(fn)
+    async def wrapper(self: Operations, *args: Any, **kw: Any) -> Any:
+        try:
+            return await fn(self, *args, **kw)
+        except FsError as e:
+            raise pyfuse3.FUSEError(e.errno) from None
+        except CorruptionError as e:
+            self.fs.mark_corrupt(str(e))
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return cast(F, wrapper)
+
+
+class Operations(pyfuse3.Operations):
+    """pyfuse3 request handlers over a `Filesystem`.
+
+    `dax_always`: files are opened direct_io, so every read and write reaches the
+    daemon and so pmem (no page cache), like fs-DAX.  Otherwise the kernel page
+    cache is used and the daemon invalidates what changes behind its back.
+    """
+
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+
+    def __init__(self, fs: Filesystem, *, dax_always: bool = True) -> None:
+        super().__init__()
+        self.fs = fs
+        self.dax_always = dax_always
+        # Invariants: every fh maps to an inode whose `opens` it holds.
+        self._fh: dict[int, int] = {}
+        self._dirh: dict[int, int] = {}
+        self._next_fh = 1
+        self.on_change: Callable[[], None] | None = None
+
+    # -- helpers -----------------------------------------------------------------
+
+    def _attr(self, inode: Inode) -> pyfuse3.EntryAttributes:
+        d = inode.d
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = cast(pyfuse3.InodeT, inode.ino)
+        a.generation = d.generation
+        a.entry_timeout = ENTRY_TIMEOUT
+        a.attr_timeout = ATTR_TIMEOUT
+        a.st_mode = d.mode
+        a.st_nlink = d.nlink
+        a.st_uid = d.uid
+        a.st_gid = d.gid
+        a.st_rdev = d.rdev
+        a.st_size = d.size
+        a.st_blksize = 4096
+        a.st_blocks = d.nblocks * 8
+        a.st_atime_ns = d.atime
+        a.st_mtime_ns = d.mtime
+        a.st_ctime_ns = d.ctime
+        a.st_birthtime_ns = d.btime
+        return a
+
+    def _entry(self, inode: Inode) -> pyfuse3.EntryAttributes:
+        inode.lookups += 1
+        return self._attr(inode)
+
+    def _new_fh(self, ino: int) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        self._fh[fh] = ino
+        return fh
+
+    def _file_info(self, fh: int) -> pyfuse3.FileInfo:
+        return pyfuse3.FileInfo(fh=cast(pyfuse3.FileHandleT, fh), direct_io=self.dax_always,
+                                keep_cache=not self.dax_always)
+
+    # -- namespace ----------------------------------------------------------------
+
+    @_translate
+    async def lookup(self, parent_inode: int, name: bytes,
+                     ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.EntryAttributes:
+        return self._entry(self.fs.lookup(parent_inode, name))
+
+    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+        for ino, n in inode_list:
+            try:
+                self.fs.forget(ino, n)
+            except (FsError, CorruptionError) as e:
+                log.warning("forget(%d): %s", ino, e)
+
+    @_translate
+    async def getattr(self, inode: int,
+                      ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.EntryAttributes:
+        return self._attr(self.fs.get(inode))
+
+    @_translate
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
+                      fields: pyfuse3.SetattrFields, fh: int | None,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        kw: dict[str, int] = {}
+        if fields.update_mode:
+            kw["mode"] = attr.st_mode
+        if fields.update_uid:
+            kw["uid"] = attr.st_uid
+        if fields.update_gid:
+            kw["gid"] = attr.st_gid
+        if fields.update_size:
+            kw["size"] = attr.st_size
+        if fields.update_atime:
+            kw["atime"] = attr.st_atime_ns
+        if fields.update_mtime:
+            kw["mtime"] = attr.st_mtime_ns
+        if fields.update_ctime:
+            kw["ctime"] = attr.st_ctime_ns
+        return self._attr(self.fs.setattr(inode, **kw))
+
+    @_translate
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        return self.fs.readlink(inode)
+
+    @_translate
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self._entry(self.fs.mknod(parent_inode, name, mode, rdev, ctx.uid, ctx.gid))
+
+    @_translate
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self._entry(self.fs.mkdir(parent_inode, name, mode, ctx.uid, ctx.gid))
+
+    @_translate
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self.fs.unlink(parent_inode, name)
+
+    @_translate
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self.fs.rmdir(parent_inode, name)
+
+    @_translate
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self._entry(self.fs.symlink(parent_inode, name, target, ctx.uid, ctx.gid))
+
+    @_translate
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
+                     name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
+        self.fs.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
+
+    @_translate
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
+                   ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self._entry(self.fs.link(inode, new_parent_inode, new_name))
+
+    # -- files --------------------------------------------------------------------
+
+    @_translate
+    async def open(self, inode: int, flags: int,
+                   ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        node = self.fs.get(inode)
+        if flags & (os.O_WRONLY | os.O_RDWR) and self.fs.readonly:
+            raise FsError(errno.EROFS)
+        if node.is_dir():
+            raise FsError(errno.EISDIR)
+        self.fs.open(inode)
+        return self._file_info(self._new_fh(inode))
+
+    @_translate
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: pyfuse3.RequestContext
+                     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        node = self.fs.mknod(parent_inode, name, mode, 0, ctx.uid, ctx.gid)
+        self.fs.open(node.ino)
+        return self._file_info(self._new_fh(node.ino)), self._entry(node)
+
+    @_translate
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        return cast(bytes, self.fs.read(self._fh[fh], off, size))
+
+    @_translate
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        return self.fs.write(self._fh[fh], off, buf)
+
+    async def flush(self, fh: int) -> None:
+        pass
+
+    @_translate
+    async def release(self, fh: int) -> None:
+        ino = self._fh.pop(fh)
+        self.fs.release(ino)
+
+    @_translate
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        self.fs.fsync(self._fh[fh], datasync)
+
+    # -- directories ----------------------------------------------------------------
+
+    @_translate
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        node = self.fs.get(inode)
+        if not node.is_dir():
+            raise FsError(errno.ENOTDIR)
+        fh = self._next_fh
+        self._next_fh += 1
+        self._dirh[fh] = inode
+        return fh
+
+    @_translate
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        ino = self._dirh[fh]
+        for name, child, cookie in self.fs.readdir(ino, start_id):
+            node = self.fs.get(child)
+            if not pyfuse3.readdir_reply(token, name, self._attr(node), cookie):
+                break
+            if name not in (b".", b".."):
+                node.lookups += 1  # readdirplus: the kernel now holds a reference
+
+    async def releasedir(self, fh: int) -> None:
+        self._dirh.pop(fh, None)
+
+    @_translate
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        self.fs.fsync(None)
+
+    # -- filesystem -------------------------------------------------------------------
+
+    @_translate
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        s = self.fs.statfs()
+        out = pyfuse3.StatvfsData()
+        out.f_bsize = out.f_frsize = s.bsize
+        out.f_blocks = s.blocks
+        out.f_bfree = out.f_bavail = s.bfree
+        out.f_files = s.files
+        out.f_ffree = out.f_favail = s.ffree
+        out.f_namemax = s.namemax
+        return out
+
+    # -- xattrs --------------------------------------------------------------------------
+
+    @_translate
+    async def setxattr(self, inode: int, name: bytes, value: bytes,
+                       ctx: pyfuse3.RequestContext) -> None:
+        # pyfuse3 itself enforces XATTR_CREATE / XATTR_REPLACE through getxattr.
+        self.fs.setxattr(inode, name, value)
+
+    @_translate
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        return self.fs.getxattr(inode, name)
+
+    @_translate
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        return self.fs.listxattr(inode)
+
+    @_translate
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self.fs.removexattr(inode, name)
+
+    @_translate
+    async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
+        node = self.fs.get(inode)
+        if mode & os.W_OK and self.fs.readonly:
+            return False
+        if ctx.uid == 0:
+            return not (mode & os.X_OK) or bool(node.d.mode & 0o111) or node.is_dir()
+        m = node.d.mode
+        if ctx.uid == node.d.uid:
+            bits = (m >> 6) & 7
+        elif ctx.gid == node.d.gid:
+            bits = (m >> 3) & 7
+        else:
+            bits = m & 7
+        return (bits & mode) == mode
+
+
+class ExtOperations:
+    """Handlers for the requests pyfuse3 lacks (fallocate, lseek), served by
+    `daxfs.fuse_ext` from the native op-table extension."""
+
+    def __init__(self, fs: Filesystem) -> None:
+        self.fs = fs
+
+    async def fallocate(self, ino: int, fh: int, mode: int, offset: int, length: int,
+                        interrupted: Any = None) -> None:
+        try:
+            self.fs.fallocate(ino, mode, offset, length)
+        except CorruptionError as e:
+            self.fs.mark_corrupt(str(e))
+            raise OSError(errno.EIO, "metadata corruption") from None
+        except FsError as e:
+            raise OSError(e.errno, os.strerror(e.errno)) from None
+
+    async def lseek(self, ino: int, fh: int, offset: int, whence: int,
+                    interrupted: Any = None) -> int:
+        try:
+            return self.fs.seek(ino, offset, whence)
+        except FsError as e:
+            raise OSError(e.errno, os.strerror(e.errno)) from None

@@ -1,0 +1,209 @@
+"""In-memory inodes: the on-media fields plus what is loaded lazily (extent map,
+xattrs, directory, symlink target) and the runtime counts that decide when an
+unlinked inode may be freed."""
+
+from __future__ import annotations
+
+import stat
+import struct
+
+from . import format as fmt
+from .directory import Directory
+from .extents import ExtentMap
+
+
+class Inode:
+    """Invariants: `d` is the authoritative in-memory copy; the on-media copy is stale
+    while the inode is in the filesystem's dirty set.  `lookups` counts kernel
+    references (lookup/create/readdirplus minus forget), `opens` open file handles;
+    an inode with nlink 0 is freed when both reach 0."""
+
+    __slots__ = ("ino", "d", "ext", "ext_leaves", "xattrs", "xattr_blocks", "dir",
+                 "symlink", "lookups", "opens", "__weakref__")
+
+    def __init__(self, ino: int, d: fmt.DiskInode) -> None:
+        self.ino = ino
+        self.d = d
+        self.ext: ExtentMap | None = None
+        self.ext_leaves: list[int] = []
+        self.xattrs: dict[bytes, bytes] | None = None
+        self.xattr_blocks: list[int] = []
+        self.dir: Directory | None = None
+        self.symlink: bytes | None = None
+        self.lookups = 0
+        self.opens = 0
+
+    def __repr__(self) -> str:
+        return (f"<Inode {self.ino} mode={self.d.mode:o} nlink={self.d.nlink} "
+                f"size={self.d.size} lookups={self.lookups} opens={self.opens}>")
+
+    @property
+    def mode(self) -> int:
+        return self.d.mode
+
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.d.mode)
+
+    def is_reg(self) -> bool:
+        return stat.S_ISREG(self.d.mode)
+
+    def is_lnk(self) -> bool:
+        return stat.S_ISLNK(self.d.mode)
+
+
+# -- extent map <-> media ----------------------------------------------------
+
+_EXT = fmt.EXTENT
+_LEAF = fmt.EXTENT_LEAF_HDR
+
+
+def load_extents(inode: Inode, read_block) -> None:
+    d, em = inode.d, ExtentMap()
+    recs: list[tuple[int, int, int, int]] = []
+    if d.ext_head == 0:
+        if d.ext_count > fmt.INLINE_EXTENTS:
+            raise fmt.CorruptionError(f"inode {inode.ino}: {d.ext_count} inline extents")
+        recs = [_EXT.unpack_from(d.inline, i * _EXT.size) for i in range(d.ext_count)]
+    else:
+        blk, seen = d.ext_head, set()
+        while blk:
+            if blk in seen:
+                raise fmt.CorruptionError(f"inode {inode.ino}: extent leaf chain loops", blk)
+            seen.add(blk)
+            b = read_block(blk)
+            fmt.check(b, fmt.BT_EXTENT, blk)
+            nxt, count, _ = _LEAF.unpack_from(b, 0)
+            if count > fmt.EXTENTS_PER_LEAF:
+                raise fmt.CorruptionError(f"extent leaf {blk}: count {count}", blk)
+            for i in range(count):
+                recs.append(_EXT.unpack_from(b, _LEAF.size + i * _EXT.size))
+            inode.ext_leaves.append(blk)
+            blk = nxt
+        if len(recs) != d.ext_count:
+            raise fmt.CorruptionError(
+                f"inode {inode.ino}: {len(recs)} extents on media, inode says {d.ext_count}")
+    prev_end = -1
+    for lblk, pblk, count, _flags in recs:
+        if count == 0 or lblk < prev_end:
+            raise fmt.CorruptionError(f"inode {inode.ino}: extents overlap or are unsorted")
+        prev_end = lblk + count
+        em.lblk.append(lblk)
+        em.pblk.append(pblk)
+        em.count.append(count)
+    inode.ext = em
+
+
+def extent_images(inode: Inode, alloc_meta, free_meta) -> dict[int, bytes]:
+    """Write the extent map into the inode (inline) or leaf blocks; returns leaf images.
+
+    `alloc_meta()` gives a block for a new leaf; `free_meta(blk)` returns a surplus one.
+    """
+    assert inode.ext is not None
+    runs = inode.ext.runs()
+    d = inode.d
+    d.ext_count = len(runs)
+    out: dict[int, bytes] = {}
+    if len(runs) <= fmt.INLINE_EXTENTS:
+        for blk in inode.ext_leaves:
+            free_meta(blk)
+        inode.ext_leaves = []
+        d.ext_head = 0
+        if not inode.is_lnk():
+            d.inline = b"".join(_EXT.pack(lb, pb, c, 0) for lb, pb, c in runs)
+        return out
+    per = fmt.EXTENTS_PER_LEAF
+    need = -(-len(runs) // per)
+    leaves = inode.ext_leaves
+    while len(leaves) < need:
+        leaves.append(alloc_meta())
+    while len(leaves) > need:
+        free_meta(leaves.pop())
+    for i, blk in enumerate(leaves):
+        chunk = runs[i * per : (i + 1) * per]
+        nxt = leaves[i + 1] if i + 1 < len(leaves) else 0
+        body = _LEAF.pack(nxt, len(chunk), 0) + b"".join(
+            _EXT.pack(lb, pb, c, 0) for lb, pb, c in chunk)
+        out[blk] = fmt.seal(body, fmt.BT_EXTENT, blk)
+    d.ext_head = leaves[0]
+    if not inode.is_lnk():
+        d.inline = b""
+    return out
+
+
+# -- xattrs <-> media ----------------------------------------------------------
+
+_XH = fmt.XATTR_HDR
+_XE = fmt.XATTR_ENT
+
+
+def load_xattrs(inode: Inode, read_block) -> None:
+    xattrs: dict[bytes, bytes] = {}
+    blk, seen = inode.d.xattr_head, set()
+    while blk:
+        if blk in seen:
+            raise fmt.CorruptionError(f"inode {inode.ino}: xattr chain loops", blk)
+        seen.add(blk)
+        b = read_block(blk)
+        fmt.check(b, fmt.BT_XATTR, blk)
+        nxt, used, count = _XH.unpack_from(b, 0)
+        off = _XH.size
+        for _ in range(count):
+            nlen, _r, vlen = _XE.unpack_from(b, off)
+            off += _XE.size
+            name = bytes(b[off : off + nlen])
+            value = bytes(b[off + nlen : off + nlen + vlen])
+            off += nlen + vlen
+            if off > fmt.PAYLOAD or not name:
+                raise fmt.CorruptionError(f"xattr block {blk}: bad entry", blk)
+            xattrs[name] = value
+        inode.xattr_blocks.append(blk)
+        blk = nxt
+    inode.xattrs = xattrs
+
+
+def xattr_entry_size(name: bytes, value: bytes) -> int:
+    return _XE.size + len(name) + len(value)
+
+
+def xattr_images(inode: Inode, alloc_meta, free_meta) -> dict[int, bytes]:
+    assert inode.xattrs is not None
+    groups: list[list[tuple[bytes, bytes]]] = []
+    used = fmt.XATTR_CAPACITY
+    for name, value in inode.xattrs.items():
+        size = xattr_entry_size(name, value)
+        if used + size > fmt.XATTR_CAPACITY:
+            groups.append([])
+            used = 0
+        groups[-1].append((name, value))
+        used += size
+    blocks = inode.xattr_blocks
+    while len(blocks) < len(groups):
+        blocks.append(alloc_meta())
+    while len(blocks) > len(groups):
+        free_meta(blocks.pop())
+    out: dict[int, bytes] = {}
+    for i, (blk, group) in enumerate(zip(blocks, groups, strict=True)):
+        nxt = blocks[i + 1] if i + 1 < len(blocks) else 0
+        parts = [b""]
+        for name, value in group:
+            parts.append(_XE.pack(len(name), 0, len(value)) + name + value)
+        body = b"".join(parts)
+        out[blk] = fmt.seal(_XH.pack(nxt, len(body), len(group)) + body, fmt.BT_XATTR, blk)
+    inode.d.xattr_head = blocks[0] if blocks else 0
+    return out
+
+
+def symlink_image(target: bytes, blk: int) -> bytes:
+    return fmt.seal(struct.pack("<I", len(target)) + target, fmt.BT_SYMLINK, blk)
+
+
+def load_symlink(inode: Inode, read_block) -> bytes:
+    d = inode.d
+    if d.aux_block == 0:
+        return bytes(d.inline[: d.inline_len])
+    b = read_block(d.aux_block)
+    fmt.check(b, fmt.BT_SYMLINK, d.aux_block)
+    (n,) = struct.unpack_from("<I", b, 0)
+    if n > fmt.MAX_SYMLINK - 4:
+        raise fmt.CorruptionError(f"symlink block {d.aux_block}: length {n}", d.aux_block)
+    return bytes(b[4 : 4 + n])

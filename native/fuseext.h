@@ -1,0 +1,109 @@
+/*
+ * fuseext.h - public interface of daxfs._fuseext (see fuseext.c).
+ *
+ * The text between the CDEF BEGIN / CDEF END markers is fed verbatim to
+ * cffi's ffibuilder.cdef() by native/build_fuseext.py, so it must stay plain
+ * C declarations plus "#define NAME <integer>" lines (no other preprocessor
+ * directives, no includes, no macros with expressions).
+ *
+ * The module interposes fuse_session_new / fuse_session_mount /
+ * fuse_session_destroy (the process must load it with RTLD_GLOBAL before
+ * pyfuse3), adds lowlevel handlers for FALLOCATE, LSEEK and COPY_FILE_RANGE
+ * that queue the request for Python, and patches the FUSE_INIT reply.
+ * Python never sees a fuse_req_t: requests are named by a 64-bit id.
+ */
+#ifndef DAXFS_FUSEEXT_H
+#define DAXFS_FUSEEXT_H
+
+#include <stdint.h>
+
+/* CDEF BEGIN */
+
+/* fuseext_event.kind */
+#define FUSEEXT_EV_REQUEST 1
+#define FUSEEXT_EV_INTERRUPT 2
+
+/* fuseext_event.op */
+#define FUSEEXT_OP_FALLOCATE 1
+#define FUSEEXT_OP_LSEEK 2
+#define FUSEEXT_OP_COPY_FILE_RANGE 3
+
+/*
+ * One queued event.  REQUEST: a new request that must later get exactly one
+ * fuseext_reply_*() call.  INTERRUPT: the kernel sent FUSE_INTERRUPT for the
+ * outstanding request `id` (the calling thread got a signal).
+ *
+ * FALLOCATE:       ino, fh, mode, offset, length
+ * LSEEK:           ino, fh, offset, whence
+ * COPY_FILE_RANGE: ino, fh, offset (in); ino_out, fh_out, offset_out (out);
+ *                  length; flags
+ */
+struct fuseext_event {
+    uint64_t id;
+    int kind;
+    int op;
+    uint64_t ino;
+    uint64_t fh;
+    int64_t offset;
+    int64_t length;
+    int mode;
+    int whence;
+    uint64_t ino_out;
+    uint64_t fh_out;
+    int64_t offset_out;
+    uint64_t flags;
+};
+
+/*
+ * What the INIT handshake looked like (for logging and tests).  The kernel_*
+ * fields are from the FUSE_INIT request, libfuse_* from the reply libfuse
+ * built, sent_* from the reply actually written (after our patching).
+ * The flags are the 64-bit combination flags | flags2 << 32.
+ */
+struct fuseext_info {
+    int session_wrapped;     /* our fuse_session_new ran */
+    int custom_io;           /* our custom io is installed on the session */
+    int init_seen;           /* INIT request seen */
+    int init_patched;        /* INIT reply went through our writev */
+    uint32_t kernel_major;
+    uint32_t kernel_minor;
+    uint64_t kernel_flags;
+    uint32_t libfuse_minor;
+    uint64_t libfuse_flags;
+    uint32_t libfuse_max_write;
+    uint32_t libfuse_max_pages;
+    uint64_t sent_flags;
+    uint32_t sent_max_pages;
+    uint32_t reply_len;      /* payload length of the INIT reply */
+    unsigned conn_capable;   /* fuse_conn_info after the fs init() callback */
+    unsigned conn_want;
+    int ops_installed;       /* bit (1 << FUSEEXT_OP_*) per handler we added */
+    uint64_t requests;       /* total requests queued */
+    uint64_t interrupts;     /* total interrupt notifications */
+};
+
+/* Settings for the INIT reply; take effect at the next FUSE_INIT.
+ * max_pages == 0 leaves libfuse's value. */
+void fuseext_configure(int direct_io_allow_mmap, int max_pages);
+void fuseext_get_info(struct fuseext_info *out);
+
+/* Non-blocking eventfd that becomes readable when events are queued, or
+ * -errno. */
+int fuseext_eventfd(void);
+/* Pop the oldest event into *ev: 1 if one was returned, 0 if empty. */
+int fuseext_next_event(struct fuseext_event *ev);
+/* When 0, new requests are answered at once (EIO) instead of queued. */
+void fuseext_set_accepting(int on);
+
+/* Replies.  0 on success, -ENOENT if `id` is not outstanding (already
+ * answered), else the negative errno from libfuse. */
+int fuseext_reply_err(uint64_t id, int err);
+int fuseext_reply_lseek(uint64_t id, int64_t offset);
+int fuseext_reply_write(uint64_t id, uint64_t count);
+/* Answer every outstanding request (err for ordinary ones, EINTR for those
+ * that were interrupted) and drop queued events.  Returns how many. */
+int fuseext_reply_all(int err);
+
+/* CDEF END */
+
+#endif /* DAXFS_FUSEEXT_H */

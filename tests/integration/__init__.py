@@ -1,0 +1,1 @@
+"""Mounted integration tests for daxfs (see conftest.py for the fixtures)."""
