@@ -29,8 +29,8 @@ def need(tool: str) -> str:
 
 def run(argv: list[str], *, cwd: Path | None = None, timeout: float = 600,
         env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    res = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                         stdin=subprocess.DEVNULL, env=env)
+    res = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, errors="replace",
+                         timeout=timeout, stdin=subprocess.DEVNULL, env=env)
     assert res.returncode == 0, f"{argv} exited {res.returncode}:\n{res.stdout}\n{res.stderr}"
     return res
 
