@@ -11,6 +11,7 @@ native/fuseext.h, so the header stays the single source of the interface.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -53,12 +54,14 @@ def _make_builder() -> FFI:
     ffi.set_source(
         MODULE,
         '#include "fuseext.h"\n',
-        sources=[str(SOURCE)],
-        include_dirs=[str(NATIVE)] + [f[2:] for f in cflags if f.startswith("-I")],
+        # setuptools insists on paths relative to setup.py (it runs us from the root).
+        sources=[os.path.relpath(SOURCE, ROOT)],
+        include_dirs=[os.path.relpath(NATIVE, ROOT)] + [f[2:] for f in cflags
+                                                        if f.startswith("-I")],
         extra_compile_args=[f for f in cflags if not f.startswith("-I")]
         + ["-Wall", "-Wextra", "-std=gnu11"],
         extra_link_args=libs + ["-ldl"],
-        depends=[str(HEADER)],
+        depends=[os.path.relpath(HEADER, ROOT)],
     )
     return ffi
 
@@ -70,6 +73,7 @@ def build_in_place() -> Path:
     """Compile into build/fuseext/ and copy the extension into daxfs/."""
     tmpdir = ROOT / "build" / "fuseext"
     tmpdir.mkdir(parents=True, exist_ok=True)
+    os.chdir(ROOT)  # sources are named relative to the repository root
     built = Path(ffibuilder.compile(tmpdir=str(tmpdir), verbose=True))
     suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
     target = ROOT / "daxfs" / ("_fuseext" + suffix)
