@@ -146,6 +146,11 @@ def serve(image: str, mountpoint: str, opts: DaemonOptions, *, ready_fd: int | N
         report(str(e))
         log.error("cannot mount %s: %s", image, e)
         return 1
+    from .native import Core
+    from .pages import CoreHooks
+
+    core = Core(fs.dev.base_address, fs.sb.block_count, dma_threads=2)
+    fs.attach_hooks(CoreHooks(core))
     ops = Operations(fs, dax_always=opts.dax == "always")
     fuse_options = set(pyfuse3.default_options)
     fuse_options |= {f"fsname={os.path.abspath(image)}", "subtype=daxfs", *opts.fuse}
@@ -192,7 +197,9 @@ def serve(image: str, mountpoint: str, opts: DaemonOptions, *, ready_fd: int | N
         except Exception:
             log.exception("pyfuse3.close")
         try:
+            core.dma.shutdown()  # no DMA may touch the mapping once it is gone
             fs.close()
+            core.close()
             log.info("unmounted; image %s is clean", image)
         except Exception:
             log.exception("closing the filesystem failed")

@@ -166,6 +166,15 @@ class Filesystem:
             self._set_state(0)  # mounted: not clean until unmount
             self.commit()
 
+    def attach_hooks(self, hooks: LayoutHooks) -> None:
+        """Start telling `hooks` about block ownership, beginning with every extent
+        map already in memory."""
+        self.hooks = hooks
+        for inode in self.cache.values():
+            if inode.ext is not None:
+                for lblk, pblk, count in inode.ext.runs():
+                    hooks.mapped(inode.ino, lblk, pblk, count)
+
     def _state(self) -> int:
         return int.from_bytes(self.dev.view[fmt.SB_STATE_OFF : fmt.SB_STATE_OFF + 8], "little")
 

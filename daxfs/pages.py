@@ -1,0 +1,36 @@
+"""Keeps the C core's page table ("struct page") and per-inode pfn maps in step with
+the filesystem's extent maps: the kernel's "store pfns in the radix".
+
+Every run the filesystem maps gets its pages' owner set (inode, file page index)
+and enters the inode's pfn map; every run it unmaps leaves the pfn map and has its
+owner cleared - which is where the core's collision detector sees a page freed
+while still pinned (a DMA vs truncate collision) and records it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .native import Core
+
+log = logging.getLogger(__name__)
+
+
+class CoreHooks:
+    """`fs.LayoutHooks` over a native `Core`."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    def mapped(self, ino: int, lblk: int, pblk: int, count: int) -> None:
+        if self.core.set_owner(pblk, count, ino, lblk):
+            self.core.log_new_collisions(log)
+        self.core.map_extent(ino, lblk, pblk, count)
+
+    def unmapped(self, ino: int, lblk: int, pblk: int, count: int) -> None:
+        self.core.unmap_range(ino, lblk, count)
+        if self.core.clear_owner(pblk, count):
+            self.core.log_new_collisions(log)
+
+    def dropped(self, ino: int) -> None:
+        self.core.drop_inode(ino)
