@@ -5,7 +5,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PKGS := fuse3 libfuse3-dev pkg-config fio xfsprogs attr git gcc python3-venv
+APT_PKGS := fuse3 libfuse3-dev pkg-config fio xfsprogs attr git gcc make python3-venv python3-dev
 MNT ?= $(CURDIR)/mnt
 PYTEST_ARGS ?=
 
