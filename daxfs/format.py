@@ -379,7 +379,7 @@ def unpack_jheader(block: bytes | memoryview, blkno: int) -> int:
 
 
 def pack_jdesc(seq: int, total: int, index: int, homes: list[int], blkno: int) -> bytes:
-    body = _JDESC.pack(seq, total, index, len(homes)) + struct.pack(f"<8x{len(homes)}Q", *homes)
+    body = _JDESC.pack(seq, total, index, len(homes)) + struct.pack(f"<4x{len(homes)}Q", *homes)
     return seal(body, BT_JDESC, blkno)
 
 

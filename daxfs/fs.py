@@ -922,13 +922,14 @@ class Filesystem:
             dev_off = segs[0][1] * BS + off % BS
             return memoryview(self.dev.mm)[dev_off : dev_off + size]
         out = bytearray(size)
+        dst = np.frombuffer(out, dtype=np.uint8)
         view = self.ops.view
         for lb, pb, c in segs:
             seg_start = max(lb * BS, off)
             seg_end = min((lb + c) * BS, off + size)
             if pb != HOLE:
                 dev_off = pb * BS + (seg_start - lb * BS)
-                out[seg_start - off : seg_end - off] = view[dev_off : dev_off + seg_end
+                dst[seg_start - off : seg_end - off] = view[dev_off : dev_off + seg_end
                                                             - seg_start]
         return out
 

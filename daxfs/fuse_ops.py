@@ -38,6 +38,12 @@ def _translate(fn: F) -> F:
         except CorruptionError as e:
             self.fs.mark_corrupt(str(e))
             raise pyfuse3.FUSEError(errno.EIO) from None
+        except pyfuse3.FUSEError:
+            raise
+        except Exception:
+            # A bug must cost one request, never the mount.
+            log.exception("%s%r failed", fn.__name__, args[:2])
+            raise pyfuse3.FUSEError(errno.EIO) from None
 
     return cast(F, wrapper)
 
@@ -111,7 +117,7 @@ class Operations(pyfuse3.Operations):
         for ino, n in inode_list:
             try:
                 self.fs.forget(ino, n)
-            except (FsError, CorruptionError) as e:
+            except Exception as e:
                 log.warning("forget(%d): %s", ino, e)
 
     @_translate
@@ -240,6 +246,7 @@ class Operations(pyfuse3.Operations):
             if name not in (b".", b".."):
                 node.lookups += 1  # readdirplus: the kernel now holds a reference
 
+    @_translate
     async def releasedir(self, fh: int) -> None:
         self._dirh.pop(fh, None)
 
