@@ -162,9 +162,15 @@ class BlockAllocator:
         self.bitmap.init_empty()
         self.bitmap.set_range(0, self.first)
 
-    def alloc(self, count: int, goal: int = 0) -> list[tuple[int, int]]:
-        """Allocate `count` blocks as one or more runs; all or nothing (ENOSPC)."""
-        if count > self.bitmap.n - self.bitmap.used:
+    def available(self, reserve: int = 0) -> int:
+        """Blocks an allocation keeping `reserve` back could get now."""
+        return max(0, self.bitmap.n - self.bitmap.used - reserve)
+
+    def alloc(self, count: int, goal: int = 0, reserve: int = 0) -> list[tuple[int, int]]:
+        """Allocate `count` blocks as one or more runs; all or nothing (ENOSPC).
+
+        `reserve` blocks must stay free afterwards (kept for commit-time metadata)."""
+        if count > self.available(reserve):
             raise FsError(28, "no space left on device")
         runs: list[tuple[int, int]] = []
         need = count

@@ -61,10 +61,14 @@ class Directory:
             d.names.append({})
             off = _HDR.size
             for _ in range(count):
+                if off + _ENT.size > fmt.PAYLOAD:
+                    raise CorruptionError(f"directory block {blk}: bad entry", blk)
                 cookie, ino, dtype, nlen = _ENT.unpack_from(b, off)
                 name = bytes(b[off + _ENT.size : off + _ENT.size + nlen])
                 off += _ENT.size + nlen
-                if off > fmt.PAYLOAD or not name or cookie >= next_cookie:
+                if (off > fmt.PAYLOAD or not name or cookie >= next_cookie
+                        or cookie < fmt.FIRST_COOKIE or cookie in d.by_cookie
+                        or name in d.entries):
                     raise CorruptionError(f"directory block {blk}: bad entry", blk)
                 d._add_at(idx, name, ino, cookie, dtype)
             if d.used[idx] != used:

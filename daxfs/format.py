@@ -33,7 +33,7 @@ BLOCK_SIZE = 4096
 MAGIC = b"DAXFSv1\x00"
 FORMAT_VERSION = 1
 MAX_NAME = 255
-MAX_SYMLINK = 4080
+MAX_SYMLINK = 4095  # PATH_MAX - 1: first 120 bytes inline, the rest in one block
 MAX_FILE_SIZE = 1 << 44  # 16 TiB: a write or truncate ending beyond it is EFBIG
 ROOT_INO = 1
 
@@ -241,7 +241,7 @@ def default_geometry(size: int, inodes: int | None = None) -> tuple[int, int, in
     """(block_count, inode_count, journal_blocks) for an image of `size` bytes."""
     block_count = size // BLOCK_SIZE
     if inodes is None:
-        inodes = max(256, size // 16384)
+        inodes = max(256, size // 8192)
     inodes = min(inodes, 2**32 - 2)
     journal = min(16384, max(256, block_count // 64))
     return block_count, inodes, journal

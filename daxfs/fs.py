@@ -52,6 +52,10 @@ FALLOC_FL_ZERO_RANGE = 0x10
 SEEK_DATA = 3
 SEEK_HOLE = 4
 _DAY_NS = 86400 * 10**9
+_XATTR_NAMESPACES = (b"user.", b"trusted.", b"security.")
+# Blocks kept back from data and namespace allocations for the metadata a commit
+# itself may need (extent leaves, xattr blocks).
+META_RESERVE = 8
 # A transaction is committed early once it may hold this share of the journal.
 _TXN_FRACTION = 4
 
@@ -87,6 +91,7 @@ class MountOptions:
 class StatFs:
     blocks: int
     bfree: int
+    bavail: int
     files: int
     ffree: int
     namemax: int = fmt.MAX_NAME
@@ -116,6 +121,8 @@ class Filesystem:
         self.dirty_dirs: set[int] = set()
         self.data_dirty: set[int] = set()
         self.orphans: list[int] = []  # on-media orphan list, head first
+        # Orphans whose storage is freed, kept only until the kernel forgets them.
+        self.dead: set[int] = set()
         self.fsinfo_dirty = False
         # New metadata blocks whose image is built when they are made (symlink targets).
         self.new_images: dict[int, bytes] = {}
@@ -222,7 +229,13 @@ class Filesystem:
         return b
 
     def _alloc_meta(self) -> int:
+        """A metadata block while building a commit: may use the reserve."""
         (start, _n), = self.balloc.alloc(1)
+        return start
+
+    def _alloc_ns(self) -> int:
+        """A metadata block for a namespace operation (directory, symlink)."""
+        (start, _n), = self.balloc.alloc(1, reserve=META_RESERVE // 2)
         return start
 
     def _free_meta_now(self, blk: int) -> None:
@@ -417,29 +430,57 @@ class Filesystem:
         inode.d.orphan_next = 0
 
     def _maybe_destroy(self, inode: Inode) -> None:
-        if inode.d.nlink == 0 and inode.lookups <= 0 and inode.opens <= 0:
+        """An inode without names loses its storage at its last close, and its slot
+        once the kernel has forgotten it too (its number must not be reused while
+        the kernel may still send requests for it)."""
+        if inode.d.nlink != 0 or inode.opens > 0:
+            return
+        self._free_storage(inode)
+        if inode.lookups <= 0:
             self._destroy(inode)
+        else:
+            self.dead.add(inode.ino)
 
-    def _destroy(self, inode: Inode) -> None:
-        """Free an inode with no names and no users: blocks, xattrs, the slot."""
+    def _free_storage(self, inode: Inode) -> None:
+        """Free an unused inode's blocks: data, directory, symlink, xattr, leaves."""
         if inode.is_reg():
             em = self._extents(inode)
             self._unmap(inode, 0, em.end())
+            inode.d.size = 0
         if inode.is_dir():
             d = self._directory(inode)
             for blk in d.blocks:
                 self.balloc.free(blk, 1)
             d.blocks.clear()
             d.dirty.clear()
+            d.used.clear()
+            d.names.clear()
+            self.dirty_dirs.discard(inode.ino)
+            inode.d.aux_block = 0
         if inode.is_lnk() and inode.d.aux_block:
             self.new_images.pop(inode.d.aux_block, None)
             self.balloc.free(inode.d.aux_block, 1)
+            inode.d.aux_block = 0
         for blk in self._all_xattr_blocks(inode):
             self.balloc.free(blk, 1)
+        inode.xattrs = {}
+        inode.d.xattr_head = 0
+        self.dirty_xattr.discard(inode.ino)
         for blk in inode.ext_leaves:
             self.balloc.free(blk, 1)
         inode.ext_leaves = []
+        inode.d.ext_head = 0
+        inode.d.ext_count = 0
+        if not inode.is_lnk():
+            inode.d.inline = b""
+        self.dirty_ext.discard(inode.ino)
+        self._dirty(inode)
+
+    def _destroy(self, inode: Inode) -> None:
+        """Free an inode with no names and no users: its storage, then the slot."""
+        self._free_storage(inode)
         self._remove_orphan(inode)
+        self.dead.discard(inode.ino)
         self.hooks.dropped(inode.ino)
         self.ialloc.free(inode.ino)
         for s in (self.dirty_ext, self.dirty_xattr, self.dirty_dirs, self.data_dirty):
@@ -481,7 +522,7 @@ class Filesystem:
 
     def _link_into(self, parent: Inode, name: bytes, inode: Inode) -> None:
         d = self._directory(parent)
-        d.add(name, inode.ino, dtype_of(inode.d.mode), self._alloc_meta)
+        d.add(name, inode.ino, dtype_of(inode.d.mode), self._alloc_ns)
         self.dirty_dirs.add(parent.ino)
         self.txn_weight += 1
         now = fmt.now_ns()
@@ -528,14 +569,14 @@ class Filesystem:
         return self._create_node(parent, name, stat.S_IFDIR | (mode & 0o7777), uid, gid)
 
     def symlink(self, parent: int, name: bytes, target: bytes, uid: int, gid: int) -> Inode:
-        if len(target) > fmt.MAX_SYMLINK - 4:
+        if len(target) > fmt.MAX_SYMLINK:
             raise FsError(errno.ENAMETOOLONG)
         if not target:
             raise FsError(errno.ENOENT)
         blk = 0
         if len(target) > fmt.INLINE_AREA:
             self._check_writable()
-            blk = self._alloc_meta()
+            blk = self._alloc_ns()
         try:
             inode = self._create_node(parent, name, stat.S_IFLNK | 0o777, uid, gid)
         except FsError:
@@ -544,12 +585,11 @@ class Filesystem:
             raise
         inode.d.size = len(target)
         inode.symlink = target
+        inode.d.inline = target[: fmt.INLINE_AREA]
+        inode.d.inline_len = len(inode.d.inline)
         if blk:
             inode.d.aux_block = blk
             self.new_images[blk] = symlink_image(target, blk)
-        else:
-            inode.d.inline = target
-            inode.d.inline_len = len(target)
         return inode
 
     def readlink(self, ino: int) -> bytes:
@@ -589,8 +629,7 @@ class Filesystem:
             inode.d.nlink = 0
             if inode.lookups > 0 or inode.opens > 0:
                 self._add_orphan(inode)
-            else:
-                self._destroy(inode)
+            self._maybe_destroy(inode)
 
     def unlink(self, parent: int, name: bytes) -> None:
         self._check_writable()
@@ -704,7 +743,7 @@ class Filesystem:
                     dst.d.nlink = 1
                 self._drop_link(dst)
             else:
-                nd.add(new_name, src.ino, dtype_of(src.d.mode), self._alloc_meta)
+                nd.add(new_name, src.ino, dtype_of(src.d.mode), self._alloc_ns)
             od.remove(old_name)
             if src.is_dir() and op.ino != np_.ino:
                 src.d.parent = np_.ino
@@ -719,8 +758,17 @@ class Filesystem:
         self.txn_weight += 2
         self.maybe_commit()
 
-    def readdir(self, ino: int, cookie: int) -> Iterator[tuple[bytes, int, int]]:
-        """(name, inode number, next cookie) from after `cookie`, with . and .. first."""
+    def readdir_horizon(self, ino: int) -> int:
+        """The cookie a listing started now may stop before (see `readdir`)."""
+        return self._directory(self.get(ino)).next_cookie
+
+    def readdir(self, ino: int, cookie: int,
+                horizon: int | None = None) -> Iterator[tuple[bytes, int, int]]:
+        """(name, inode number, next cookie) from after `cookie`, with . and .. first.
+
+        Entries created after the listing began (cookie >= `horizon`) are left out, as
+        POSIX allows: otherwise a reader that creates as it lists may never finish.
+        """
         inode = self.get(ino)
         d = self._directory(inode)
         if cookie < 1:
@@ -728,6 +776,8 @@ class Filesystem:
         if cookie < 2:
             yield b"..", inode.d.parent or fmt.ROOT_INO, 2
         for name, child, _dtype, c in d.after(max(cookie, 2)):
+            if horizon is not None and c >= horizon:
+                return
             yield name, child, c
 
     # -- attributes ------------------------------------------------------------------------
@@ -787,17 +837,26 @@ class Filesystem:
         self._dirty(inode)
 
     def statfs(self) -> StatFs:
+        free = self.balloc.free_count()
         return StatFs(
             blocks=self.sb.block_count - self.sb.data_start,
-            bfree=self.balloc.free_count(),
+            bfree=free,
+            bavail=max(0, free - META_RESERVE),
             files=self.sb.inode_count,
-            ffree=self.ialloc.free_count(),
+            ffree=self.ialloc.free_count() + len(self.dead),
         )
 
     # -- data ----------------------------------------------------------------------------
 
-    def open(self, ino: int) -> Inode:
+    def open(self, ino: int, truncate: bool = False) -> Inode:
+        """Count an open file; `truncate` is O_TRUNC (the kernel sends it with the
+        open, as libfuse asks for atomic O_TRUNC)."""
         inode = self.get(ino)
+        if truncate and inode.is_reg():
+            self._check_writable()
+            self.truncate(inode, 0)
+            inode.d.mtime = inode.d.ctime = fmt.now_ns()
+            self._dirty(inode)
         inode.opens += 1
         return inode
 
@@ -823,7 +882,7 @@ class Filesystem:
             return []
         if need > self.balloc.bitmap.n - self.balloc.bitmap.used and self.balloc.pending:
             self.commit()  # frees waiting for a commit may be enough
-        runs = self.balloc.alloc(need, em.goal(start))
+        runs = self.balloc.alloc(need, em.goal(start), reserve=META_RESERVE)
         out: list[tuple[int, int, int]] = []
         ri, r_start, r_left = 0, runs[0][0], runs[0][1]
         for lb, n in holes:
@@ -877,6 +936,25 @@ class Filesystem:
         if n == 0:
             return 0
         first, last = off // BS, (off + n - 1) // BS
+        avail = self.balloc.available(META_RESERVE)
+        holes = [(lb, c) for lb, pb, c in self._extents(inode).segments(first, last - first + 1)
+                 if pb == HOLE]
+        if sum(c for _, c in holes) > avail and self.balloc.pending:
+            self.commit()
+            avail = self.balloc.available(META_RESERVE)
+        if sum(c for _, c in holes) > avail:
+            # Short write: as much as fits, like any filesystem near full.
+            cum = 0
+            for lb, c in holes:
+                if cum + c > avail:
+                    cut = (lb + avail - cum) * BS
+                    break
+                cum += c
+            if cut <= off:
+                raise FsError(errno.ENOSPC)
+            n = cut - off
+            data = data[:n]
+            last = (off + n - 1) // BS
         new = self._map_new(inode, first, last - first + 1, zero_ranges=False)
         for lb, pb, c in new:
             # Zero what this write does not cover in newly allocated blocks.
@@ -1025,7 +1103,11 @@ class Filesystem:
         self._check_writable()
         if not name or len(name) > fmt.MAX_NAME:
             raise FsError(errno.ERANGE)
-        if len(value) > fmt.MAX_XATTR_VALUE:
+        if not name.startswith(_XATTR_NAMESPACES):
+            # Includes system.posix_acl_*: without ACL support, cp -a and friends
+            # must fall back to chmod rather than believe the ACL was stored.
+            raise FsError(errno.EOPNOTSUPP)
+        if xattr_entry_size(name, value) > fmt.XATTR_CAPACITY:
             raise FsError(errno.E2BIG if len(value) > 65536 else errno.ENOSPC)
         inode = self.get(ino)
         x = self._xattrs(inode)

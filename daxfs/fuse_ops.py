@@ -65,7 +65,7 @@ class Operations(pyfuse3.Operations):
         self.dax_always = dax_always
         # Invariants: every fh maps to an inode whose `opens` it holds.
         self._fh: dict[int, int] = {}
-        self._dirh: dict[int, int] = {}
+        self._dirh: dict[int, list[int]] = {}  # fh -> [inode, readdir horizon]
         self._next_fh = 1
         self.on_change: Callable[[], None] | None = None
 
@@ -193,7 +193,7 @@ class Operations(pyfuse3.Operations):
             raise FsError(errno.EROFS)
         if node.is_dir():
             raise FsError(errno.EISDIR)
-        self.fs.open(inode)
+        self.fs.open(inode, truncate=bool(flags & os.O_TRUNC))
         return self._file_info(self._new_fh(inode))
 
     @_translate
@@ -233,13 +233,16 @@ class Operations(pyfuse3.Operations):
             raise FsError(errno.ENOTDIR)
         fh = self._next_fh
         self._next_fh += 1
-        self._dirh[fh] = inode
+        self._dirh[fh] = [inode, self.fs.readdir_horizon(inode)]
         return fh
 
     @_translate
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        ino = self._dirh[fh]
-        for name, child, cookie in self.fs.readdir(ino, start_id):
+        state = self._dirh[fh]
+        ino = state[0]
+        if start_id == 0:  # opendir or rewinddir: a new listing
+            state[1] = self.fs.readdir_horizon(ino)
+        for name, child, cookie in self.fs.readdir(ino, start_id, state[1]):
             node = self.fs.get(child)
             if not pyfuse3.readdir_reply(token, name, self._attr(node), cookie):
                 break
@@ -262,7 +265,8 @@ class Operations(pyfuse3.Operations):
         out = pyfuse3.StatvfsData()
         out.f_bsize = out.f_frsize = s.bsize
         out.f_blocks = s.blocks
-        out.f_bfree = out.f_bavail = s.bfree
+        out.f_bfree = s.bfree
+        out.f_bavail = s.bavail
         out.f_files = s.files
         out.f_ffree = out.f_favail = s.ffree
         out.f_namemax = s.namemax

@@ -194,16 +194,19 @@ def xattr_images(inode: Inode, alloc_meta, free_meta) -> dict[int, bytes]:
 
 
 def symlink_image(target: bytes, blk: int) -> bytes:
-    return fmt.seal(struct.pack("<I", len(target)) + target, fmt.BT_SYMLINK, blk)
+    """The block of a long symlink: what does not fit the inode's inline area."""
+    tail = target[fmt.INLINE_AREA :]
+    return fmt.seal(struct.pack("<I", len(tail)) + tail, fmt.BT_SYMLINK, blk)
 
 
 def load_symlink(inode: Inode, read_block) -> bytes:
     d = inode.d
+    head = bytes(d.inline[: d.inline_len])
     if d.aux_block == 0:
-        return bytes(d.inline[: d.inline_len])
+        return head
     b = read_block(d.aux_block)
     fmt.check(b, fmt.BT_SYMLINK, d.aux_block)
     (n,) = struct.unpack_from("<I", b, 0)
-    if n > fmt.MAX_SYMLINK - 4:
+    if n > fmt.PAYLOAD - 4 or len(head) + n != d.size:
         raise fmt.CorruptionError(f"symlink block {d.aux_block}: length {n}", d.aux_block)
-    return bytes(b[4 : 4 + n])
+    return head + bytes(b[4 : 4 + n])
