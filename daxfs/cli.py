@@ -43,7 +43,7 @@ def cmd_mkfs(args: argparse.Namespace) -> int:
     try:
         sb = mkfs(args.image, args.size, force=args.force, alloc_policy=args.alloc_policy,
                   inodes=args.inodes)
-    except (ImageError, OSError) as e:
+    except (ImageError, OSError, ValueError) as e:
         return _die(str(e))
     if not args.quiet:
         size = sb.block_count * 4096

@@ -29,10 +29,12 @@ from .extents import HOLE, ExtentMap
 from .inode import (
     Inode,
     extent_images,
+    extent_leaves_needed,
     load_extents,
     load_symlink,
     load_xattrs,
     symlink_image,
+    xattr_blocks_needed,
     xattr_entry_size,
     xattr_images,
 )
@@ -234,9 +236,19 @@ class Filesystem:
         return start
 
     def _alloc_ns(self) -> int:
-        """A metadata block for a namespace operation (directory, symlink)."""
+        """A metadata block for an operation (directory, symlink, xattr, extent leaf)."""
+        if not self.balloc.available(META_RESERVE // 2) and self.balloc.pending:
+            self.commit()  # frees waiting for a commit may be enough
         (start, _n), = self.balloc.alloc(1, reserve=META_RESERVE // 2)
         return start
+
+    def _ensure_leaves(self, inode: Inode) -> None:
+        """Allocate the extent leaves the map will need at commit, now, so that ENOSPC
+        reaches the operation that caused it instead of the commit."""
+        assert inode.ext is not None
+        need = extent_leaves_needed(len(inode.ext))
+        while len(inode.ext_leaves) < need:
+            inode.ext_leaves.append(self._alloc_ns())
 
     def _free_meta_now(self, blk: int) -> None:
         # Only used while building a commit: no data can land in the block before
@@ -333,12 +345,22 @@ class Filesystem:
         """Make everything done so far durable, atomically, through the journal."""
         if self.readonly or self.error is not None:
             return
+        self.journal.commit(self._build_transaction())
+        self.txn_weight = 0
+        self._evict()
+
+    def _build_transaction(self) -> dict[int, bytes]:
+        """Flush dirty data, then serialize every dirty metadata object into sealed
+        block images (home block number -> image)."""
         for ino in self.data_dirty:
             inode = self.cache.get(ino)
             if inode is not None:
                 self.flush_data(inode)
         self.data_dirty.clear()
         blocks: dict[int, bytes] = {}
+        # Frees of this transaction become allocatable now: only metadata written
+        # through this same transaction can land in them before it is durable.
+        self.balloc.release_pending()
         for ino in self.dirty_ext:
             inode = self.cache[ino]
             blocks.update(extent_images(inode, self._alloc_meta, self._free_meta_now))
@@ -349,7 +371,6 @@ class Filesystem:
             blocks.update(xattr_images(inode, self._alloc_meta, self._free_meta_now))
             self._dirty(inode)
         self.dirty_xattr.clear()
-        self.balloc.release_pending()
         for ino in self.dirty_dirs:
             inode = self.cache.get(ino)
             if inode is not None and inode.dir is not None:
@@ -379,9 +400,7 @@ class Filesystem:
         self.new_images.clear()
         blocks.update(self.balloc.bitmap.dirty_blocks())
         blocks.update(self.ialloc.bitmap.dirty_blocks())
-        self.journal.commit(blocks)
-        self.txn_weight = 0
-        self._evict()
+        return blocks
 
     def _evict(self) -> None:
         """Drop clean, unreferenced inodes so the cache does not grow without bound."""
@@ -897,9 +916,17 @@ class Filesystem:
                     ri += 1
                     r_start, r_left = runs[ri]
         for lb, pb, n in out:
+            em.insert(lb, pb, n)
+        try:
+            self._ensure_leaves(inode)
+        except FsError:
+            for lb, pb, n in out:
+                em.remove(lb, n)
+                self.balloc.bitmap.clear_range(pb, n)  # never exposed: free at once
+            raise
+        for lb, pb, n in out:
             if zero_ranges:
                 self.ops.zero(pb * BS, n * BS)
-            em.insert(lb, pb, n)
             self.hooks.mapped(inode.ino, lb, pb, n)
         inode.d.nblocks += need
         self.dirty_ext.add(inode.ino)
@@ -1116,11 +1143,16 @@ class Filesystem:
         if flags & XATTR_REPLACE and name not in x:
             raise FsError(errno.ENODATA)
         old = x.get(name)
-        grow = xattr_entry_size(name, value) - (xattr_entry_size(name, old) if old is not None
-                                                else 0)
-        if grow > 0 and self.balloc.free_count() < 2 + len(x) // 8:
-            raise FsError(errno.ENOSPC)
         x[name] = value
+        try:
+            while len(inode.xattr_blocks) < xattr_blocks_needed(x):
+                inode.xattr_blocks.append(self._alloc_ns())
+        except FsError:
+            if old is None:
+                del x[name]
+            else:
+                x[name] = old
+            raise
         inode.d.ctime = fmt.now_ns()
         self._dirty(inode)
         self.dirty_xattr.add(inode.ino)
@@ -1199,9 +1231,12 @@ def mkfs(path: str, size: int | None = None, *, force: bool = False,
         fs.cache[ino] = root
         fs.dirty.add(ino)
         fs.fsinfo_dirty = True
-        fs.journal.next_seq = fs.journal.start_seq = 1
-        fs.commit()
-        fs.journal.checkpoint()
+        # A fresh image has nothing to protect: write home locations directly (the
+        # bitmaps of a large device would not fit one journal transaction).
+        for blk, image in fs._build_transaction().items():
+            ops.memcpy(blk * BS, image)
+            ops.flush(blk * BS, BS)
+        ops.drain()
         ops.memcpy(0, sb.pack())
         ops.memcpy(fmt.SB_STATE_OFF, fmt.STATE_CLEAN.to_bytes(8, "little"))
         ops.persist(0, BS)

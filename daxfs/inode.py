@@ -112,7 +112,7 @@ def extent_images(inode: Inode, alloc_meta, free_meta) -> dict[int, bytes]:
             d.inline = b"".join(_EXT.pack(lb, pb, c, 0) for lb, pb, c in runs)
         return out
     per = fmt.EXTENTS_PER_LEAF
-    need = -(-len(runs) // per)
+    need = extent_leaves_needed(len(runs))
     leaves = inode.ext_leaves
     while len(leaves) < need:
         leaves.append(alloc_meta())
@@ -165,17 +165,30 @@ def xattr_entry_size(name: bytes, value: bytes) -> int:
     return _XE.size + len(name) + len(value)
 
 
-def xattr_images(inode: Inode, alloc_meta, free_meta) -> dict[int, bytes]:
-    assert inode.xattrs is not None
+def _xattr_groups(xattrs: dict[bytes, bytes]) -> list[list[tuple[bytes, bytes]]]:
     groups: list[list[tuple[bytes, bytes]]] = []
     used = fmt.XATTR_CAPACITY
-    for name, value in inode.xattrs.items():
+    for name, value in xattrs.items():
         size = xattr_entry_size(name, value)
         if used + size > fmt.XATTR_CAPACITY:
             groups.append([])
             used = 0
         groups[-1].append((name, value))
         used += size
+    return groups
+
+
+def xattr_blocks_needed(xattrs: dict[bytes, bytes]) -> int:
+    return len(_xattr_groups(xattrs))
+
+
+def extent_leaves_needed(nruns: int) -> int:
+    return 0 if nruns <= fmt.INLINE_EXTENTS else -(-nruns // fmt.EXTENTS_PER_LEAF)
+
+
+def xattr_images(inode: Inode, alloc_meta, free_meta) -> dict[int, bytes]:
+    assert inode.xattrs is not None
+    groups = _xattr_groups(inode.xattrs)
     blocks = inode.xattr_blocks
     while len(blocks) < len(groups):
         blocks.append(alloc_meta())
