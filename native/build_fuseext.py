@@ -46,7 +46,12 @@ def _pkg_config(flag: str) -> list[str]:
     return out.split()
 
 
-def _make_builder() -> FFI:
+def _make_builder(absolute: bool = False) -> FFI:
+    """setuptools wants paths relative to setup.py; cffi's compile() chdirs into its
+    tmpdir, so the in-place build needs absolute ones."""
+    def path(p: Path) -> str:
+        return str(p) if absolute else os.path.relpath(p, ROOT)
+
     cflags = _pkg_config("--cflags")
     libs = _pkg_config("--libs")
     ffi = FFI()
@@ -54,14 +59,12 @@ def _make_builder() -> FFI:
     ffi.set_source(
         MODULE,
         '#include "fuseext.h"\n',
-        # setuptools insists on paths relative to setup.py (it runs us from the root).
-        sources=[os.path.relpath(SOURCE, ROOT)],
-        include_dirs=[os.path.relpath(NATIVE, ROOT)] + [f[2:] for f in cflags
-                                                        if f.startswith("-I")],
+        sources=[path(SOURCE)],
+        include_dirs=[path(NATIVE)] + [f[2:] for f in cflags if f.startswith("-I")],
         extra_compile_args=[f for f in cflags if not f.startswith("-I")]
         + ["-Wall", "-Wextra", "-std=gnu11"],
         extra_link_args=libs + ["-ldl"],
-        depends=[os.path.relpath(HEADER, ROOT)],
+        depends=[path(HEADER)],
     )
     return ffi
 
@@ -73,8 +76,7 @@ def build_in_place() -> Path:
     """Compile into build/fuseext/ and copy the extension into daxfs/."""
     tmpdir = ROOT / "build" / "fuseext"
     tmpdir.mkdir(parents=True, exist_ok=True)
-    os.chdir(ROOT)  # sources are named relative to the repository root
-    built = Path(ffibuilder.compile(tmpdir=str(tmpdir), verbose=True))
+    built = Path(_make_builder(absolute=True).compile(tmpdir=str(tmpdir), verbose=True))
     suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
     target = ROOT / "daxfs" / ("_fuseext" + suffix)
     # Copy to a temp name and rename, so a running process that has the old
