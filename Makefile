@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
-PY := $(VENV)/bin/python
+PY := $(CURDIR)/$(VENV)/bin/python
 APT_PKGS := fuse3 libfuse3-dev pkg-config fio xfsprogs attr git gcc make python3-venv python3-dev
 MNT ?= $(CURDIR)/mnt
 PYTEST_ARGS ?=
@@ -42,6 +42,7 @@ stop:
 
 test: venv
 	$(PY) -m ruff check daxfs native tests bench scripts
+	PYTHON=$(PY) native/sanitize.sh
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests
 
 test-quick: venv
