@@ -1004,9 +1004,7 @@ class Filesystem:
         d = inode.d
         if off + n > d.size:
             d.size = off + n
-        d.mtime = d.ctime = fmt.now_ns()
-        if d.mode & (stat.S_ISUID | stat.S_ISGID):
-            pass  # the kernel asks to kill suid/sgid via setattr
+        d.mtime = d.ctime = fmt.now_ns()  # suid/sgid are killed by the kernel's setattr
         self._dirty(inode)
         self.data_dirty.add(inode.ino)
         self.maybe_commit()

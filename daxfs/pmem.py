@@ -62,9 +62,8 @@ class PmemOps:
     def memcpy(self, off: int, data: bytes | bytearray | memoryview | np.ndarray) -> None:
         """Store `data` at device offset `off` (not yet durable: flush + drain)."""
         n = len(data)
-        self.view[off : off + n] = np.frombuffer(data, dtype=np.uint8) if not isinstance(
-            data, np.ndarray
-        ) else data
+        src = data if isinstance(data, np.ndarray) else np.frombuffer(data, dtype=np.uint8)
+        self.view[off : off + n] = src
         self.stats.bytes_stored += n
 
     def memset(self, off: int, value: int, length: int) -> None:
@@ -174,9 +173,7 @@ class PmemDevice:
         except BaseException:
             os.close(self.fd)
             raise
-        self.view = np.frombuffer(self.mm, dtype=np.uint8) if not readonly else np.frombuffer(
-            self.mm, dtype=np.uint8
-        )
+        self.view = np.frombuffer(self.mm, dtype=np.uint8)
         self.ops = PmemOps(self.view, self.mm, self.fd)
 
     @property
