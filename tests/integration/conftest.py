@@ -96,7 +96,9 @@ def daxfs_env() -> dict[str, str]:
     return env
 
 
-def run_daxfs(*args: str | os.PathLike[str], timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+def run_daxfs(
+    *args: str | os.PathLike[str], timeout: float = 60.0
+) -> subprocess.CompletedProcess[str]:
     """Run ``python -m daxfs ARGS`` to completion, capturing output."""
     return subprocess.run(
         [sys.executable, "-m", "daxfs", *map(str, args)],
@@ -163,16 +165,30 @@ class Mount:
     def remount(self, opts: str | None = None) -> None:
         raise NotImplementedError
 
+    def alive(self) -> bool:
+        """Still mounted (and, for daxfs, the daemon still running)?"""
+        return is_mounted(self.path)
+
+    def revive(self) -> None:
+        """After a crash: unmount what is left and mount a fresh filesystem."""
+        self.teardown()
+        self.mount()
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.path} dax={self.dax}>"
 
 
 class DaxfsMount(Mount):
-    def __init__(self, image: Path, path: Path, log: Path, opts: str) -> None:
+    def __init__(
+        self, image: Path, path: Path, log: Path, opts: str, size: str = DEFAULT_SIZE,
+        mkfs_args: Sequence[str] = (),
+    ) -> None:
         self.image = image
         self.path = path
         self.log = log
         self.opts = opts
+        self.size = size
+        self.mkfs_args = tuple(mkfs_args)
         self.proc: subprocess.Popen[bytes] | None = None
         self._log_fh: IO[bytes] | None = None
         self._log_checked = 0
@@ -252,7 +268,8 @@ class DaxfsMount(Mount):
         if is_mounted(self.path) and proc.poll() is None:
             problems += self._umount_cli(proc)
         if is_mounted(self.path):
-            problems.append("still mounted after `daxfs umount`; used fusermount3 -u -z")
+            problems.append("still mounted " + ("after `daxfs umount`" if proc.returncode is None
+                            else "after the daemon exited") + "; used fusermount3 -u -z")
             subprocess.run(["fusermount3", "-u", "-z", str(self.path)],
                            capture_output=True, timeout=30)
             if is_mounted(self.path):
@@ -304,6 +321,14 @@ class DaxfsMount(Mount):
         if um.returncode != 0:
             return [f"`daxfs umount` exited with {um.returncode}: {out.strip()}"]
         return []
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None and is_mounted(self.path)
+
+    def revive(self) -> None:
+        self.teardown()  # its problems were reported by the test that crashed it
+        mkfs(self.image, self.size, [*self.mkfs_args, "--force"])
+        self.mount()
 
     def remount(self, opts: str | None = None) -> None:
         problems = self.teardown()
@@ -376,7 +401,7 @@ def new_mount(
     else:
         image = base / "image.pmem"
         mkfs(image, size, mkfs_args)
-        m = DaxfsMount(image, path, base / "daemon.log", opts)
+        m = DaxfsMount(image, path, base / "daemon.log", opts, size, mkfs_args)
     if mount:
         m.mount()
     return m
@@ -434,7 +459,15 @@ def mnt(
 
 @pytest.fixture
 def workdir(mnt: Mount, request: pytest.FixtureRequest) -> Iterator[Path]:
-    """A fresh directory (mode 0755) in the shared mount, removed afterwards."""
+    """A fresh directory (mode 0755) in the shared mount, removed afterwards.
+
+    If an earlier test killed the daemon, the mount is replaced by a fresh
+    one first, so that one crash fails one test (and a test never runs on
+    the bare mount point directory).
+    """
+    if not mnt.alive():
+        mnt.revive()
+    assert mnt.alive()
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", request.node.name)[:100]
     path = mnt.path / f"{name}-{next(_counter)}"
     path.mkdir()

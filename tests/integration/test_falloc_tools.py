@@ -60,6 +60,7 @@ def test_fallocate_p_punches(workdir: Path) -> None:
     assert blocks(f) == 256 - 14
 
 
+@pytest.mark.daxfs_only  # tmpfs has no ZERO_RANGE
 def test_fallocate_z_zeroes_and_allocates(workdir: Path) -> None:
     f = workdir / "f"
     data = pattern(256 * KIB, seed=4)
@@ -82,6 +83,7 @@ def test_fallocate_unsupported_mode(workdir: Path) -> None:
     assert read_file(f) == b"x" * BLOCK
 
 
+@pytest.mark.daxfs_only  # tmpfs has no ZERO_RANGE
 def test_xfs_io_fpunch_fzero_seek(workdir: Path) -> None:
     xfs_io = need("xfs_io")
     f = workdir / "f"
@@ -131,7 +133,8 @@ def test_fio_fallocate_native(workdir: Path) -> None:
     fio = need("fio")
     r = run([fio, "--name=fa", f"--directory={workdir}", "--rw=write", "--bs=64k",
              "--size=8m", "--ioengine=psync", "--fallocate=native", "--verify=crc32c",
-             "--do_verify=1", "--verify_fatal=1", "--output-format=json"])
+             "--do_verify=1", "--verify_fatal=1", "--verify_state_save=0",
+             "--output-format=json"], cwd=workdir)
     job = json.loads(r.stdout[r.stdout.index("{"):])["jobs"][0]
     assert job["error"] == 0
     files = list(workdir.glob("fa.*"))

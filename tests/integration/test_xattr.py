@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
+import struct
 from pathlib import Path
 
 import pytest
 
-from .util import as_nobody, expect_errno, getxattr_raw, read_file, write_file
+from .util import as_nobody, expect_errno, getxattr_raw, pattern, read_file, write_file
 
 
 @pytest.fixture
@@ -64,13 +66,30 @@ def test_missing_attribute_errors(f: Path) -> None:
         os.removexattr(f, "user.missing")
 
 
-@pytest.mark.parametrize("size", [0, 1, 255, 4000])
+@pytest.mark.parametrize("size", [0, 1, 255, 3000])
 def test_value_sizes_and_binary(f: Path, size: int) -> None:
     value = bytes((i * 7 + 3) % 256 for i in range(size))
     if size > 2:
         value = b"\0" + value[1:-1] + b"\0"
     os.setxattr(f, "user.bin", value)
     assert os.getxattr(f, "user.bin") == value
+
+
+@pytest.mark.parametrize("size", [4000, 16384, 65536])
+def test_large_value_all_or_nothing(f: Path, size: int) -> None:
+    """A value past the filesystem's limit fails with ENOSPC/E2BIG and changes nothing."""
+    os.setxattr(f, "user.big", b"old")
+    value = pattern(size, seed=size)
+    try:
+        os.setxattr(f, "user.big", value)
+    except OSError as exc:
+        assert exc.errno in (errno.ENOSPC, errno.E2BIG), exc
+        assert os.getxattr(f, "user.big") == b"old"
+        assert sorted(n for n in os.listxattr(f) if n.startswith("user.")) == ["user.big"]
+    else:
+        assert os.getxattr(f, "user.big") == value
+    os.setxattr(f, "user.small", b"still works")
+    assert os.getxattr(f, "user.small") == b"still works"
 
 
 def test_erange_for_small_buffer(f: Path) -> None:
@@ -128,6 +147,22 @@ def test_xattr_survives_rename(f: Path) -> None:
     os.setxattr(f, "user.k", b"moves along")
     os.rename(f, f.with_name("renamed"))
     assert os.getxattr(f.with_name("renamed"), "user.k") == b"moves along"
+
+
+def test_posix_acl_xattr_sets_mode_or_is_refused(f: Path) -> None:
+    """cp -a and tar --acls set system.posix_acl_access instead of chmod when
+    the filesystem accepts it: it must then change the mode, or be refused."""
+    os.chmod(f, 0o600)
+    entries = [(0x01, 6), (0x04, 4), (0x20, 0)]  # user::rw- group::r-- other::---
+    acl = struct.pack("<I", 2) + b"".join(
+        struct.pack("<HHI", tag, perm, 0xFFFFFFFF) for tag, perm in entries)
+    try:
+        os.setxattr(f, "system.posix_acl_access", acl)
+    except OSError as exc:
+        assert exc.errno in (errno.EOPNOTSUPP, errno.ENOTSUP), exc
+        assert stat.S_IMODE(os.stat(f).st_mode) == 0o600
+    else:
+        assert stat.S_IMODE(os.stat(f).st_mode) == 0o640, "ACL stored but mode not changed"
 
 
 def test_user_xattr_on_symlink_is_eperm(workdir: Path) -> None:
