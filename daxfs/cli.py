@@ -7,7 +7,6 @@ never a traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import select
 import subprocess
@@ -122,18 +121,6 @@ def cmd_umount(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    info = runtime.read_info(args.mountpoint)
-    if info is None or not runtime.is_mounted(args.mountpoint):
-        return _die(f"{args.mountpoint}: not a daxfs mount")
-    if args.json:
-        print(json.dumps(info, indent=1))
-    else:
-        for k, v in info.items():
-            print(f"{k}: {v}")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="daxfs", description="filesystem-DAX emulation over FUSE")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -163,10 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("mountpoint")
     m.set_defaults(func=cmd_umount)
 
-    m = sub.add_parser("status", help="show a mount's state")
-    m.add_argument("--json", action="store_true")
-    m.add_argument("mountpoint")
-    m.set_defaults(func=cmd_status)
+    from . import cli_dax
+
+    cli_dax.add_subcommands(sub)
+    cli_dax.add_status(sub)
     return p
 
 

@@ -146,12 +146,29 @@ def serve(image: str, mountpoint: str, opts: DaemonOptions, *, ready_fd: int | N
         report(str(e))
         log.error("cannot mount %s: %s", image, e)
         return 1
+    from .control import ControlServer
+    from .leases import LayoutManager
     from .native import Core
     from .pages import CoreHooks
 
     core = Core(fs.dev.base_address, fs.sb.block_count, dma_threads=2)
     fs.attach_hooks(CoreHooks(core))
     ops = Operations(fs, dax_always=opts.dax == "always")
+    layouts = LayoutManager(fs, core, unsafe=opts.unsafe_free_pinned,
+                            lease_break_time=opts.lease_break_time,
+                            dax_always=opts.dax == "always")
+    ops.layouts = layouts
+    ext_ops = ExtOperations(fs)
+    ext_ops.layouts = layouts
+    control = ControlServer(fs, core, layouts, str(runtime.socket_path(mountpoint, resolved=True)),
+                            dax_always=opts.dax == "always")
+    try:
+        control.bind()  # before "OK": clients may connect as soon as mount returns
+    except OSError as e:
+        fs.close()
+        core.close()
+        report(f"cannot create the control socket: {e}")
+        return 1
     fuse_options = set(pyfuse3.default_options)
     fuse_options |= {f"fsname={os.path.abspath(image)}", "subtype=daxfs", *opts.fuse}
     try:
@@ -173,8 +190,10 @@ def serve(image: str, mountpoint: str, opts: DaemonOptions, *, ready_fd: int | N
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_signals, nursery)
             nursery.start_soon(_commit_timer, fs, opts.commit_interval)
+            await nursery.start(layouts.run)
+            await nursery.start(control.serve)
             if have_ext:
-                nursery.start_soon(fuse_ext.serve, ExtOperations(fs))
+                nursery.start_soon(fuse_ext.serve, ext_ops)
             await pyfuse3.main()
             nursery.cancel_scope.cancel()
 

@@ -17,8 +17,9 @@ from typing import Any, TypeVar, cast
 import pyfuse3
 
 from .errors import CorruptionError, FsError
-from .fs import Filesystem
+from .fs import FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, Filesystem
 from .inode import Inode
+from .leases import LayoutManager
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,8 @@ class Operations(pyfuse3.Operations):
         self._fh: dict[int, int] = {}
         self._dirh: dict[int, list[int]] = {}  # fh -> [inode, readdir horizon]
         self._next_fh = 1
-        self.on_change: Callable[[], None] | None = None
+        # Set by the daemon: truncate, O_TRUNC, punch and zero-range go through it.
+        self.layouts: LayoutManager | None = None
 
     # -- helpers -----------------------------------------------------------------
 
@@ -144,6 +146,14 @@ class Operations(pyfuse3.Operations):
             kw["mtime"] = attr.st_mtime_ns
         if fields.update_ctime:
             kw["ctime"] = attr.st_ctime_ns
+        if self.layouts is not None and "size" in kw:
+            node = self.fs.get(inode)
+            if node.is_reg() and 0 <= kw["size"] < node.d.size:
+                # Shrinking frees blocks: break layouts and wait for pins first.
+                return self._attr(await self.layouts.break_layout(
+                    inode, kw["size"] // 4096, 1 << 62,
+                    lambda: self.fs.setattr(inode, **kw), what=f"truncate ino {inode}",
+                    breaker_pid=ctx.pid))
         return self._attr(self.fs.setattr(inode, **kw))
 
     @_translate
@@ -193,7 +203,13 @@ class Operations(pyfuse3.Operations):
             raise FsError(errno.EROFS)
         if node.is_dir():
             raise FsError(errno.EISDIR)
-        self.fs.open(inode, truncate=bool(flags & os.O_TRUNC))
+        if flags & os.O_TRUNC and node.is_reg() and node.d.size and self.layouts is not None:
+            # O_TRUNC frees blocks like a shrinking truncate: same layout break.
+            await self.layouts.break_layout(
+                inode, 0, 1 << 62, lambda: self.fs.open(inode, truncate=True),
+                what=f"O_TRUNC ino {inode}", breaker_pid=ctx.pid)
+        else:
+            self.fs.open(inode, truncate=bool(flags & os.O_TRUNC))
         return self._file_info(self._new_fh(inode))
 
     @_translate
@@ -315,11 +331,23 @@ class ExtOperations:
 
     def __init__(self, fs: Filesystem) -> None:
         self.fs = fs
+        self.layouts: LayoutManager | None = None
 
     async def fallocate(self, ino: int, fh: int, mode: int, offset: int, length: int,
                         interrupted: Any = None) -> None:
+        layouts = self.layouts
         try:
-            self.fs.fallocate(ino, mode, offset, length)
+            if (layouts is not None and mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)
+                    and length > 0 and offset >= 0):
+                # PUNCH_HOLE / ZERO_RANGE free blocks: break layouts, wait for pins
+                # (interruptible: EINTR, nothing changed).
+                await layouts.break_layout(
+                    ino, offset // 4096, -(-(offset + length) // 4096) - offset // 4096,
+                    lambda: self.fs.fallocate(ino, mode, offset, length),
+                    what=f"{'zero' if mode & 0x10 else 'punch'} ino {ino}",
+                    interrupted=interrupted)
+            else:
+                self.fs.fallocate(ino, mode, offset, length)
         except CorruptionError as e:
             self.fs.mark_corrupt(str(e))
             raise OSError(errno.EIO, "metadata corruption") from None
