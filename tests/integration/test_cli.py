@@ -339,3 +339,83 @@ def test_missing_image_or_mountpoint_is_refused(scratch: Path) -> None:
     err = _assert_refused_quickly(
         [sys.executable, "-m", "daxfs", "mount", str(image), str(missing)], missing)
     assert len(_lines(err)) == 1, err
+
+
+# --------------------------------------------------------------------------- #
+# default image, the system's mount(8), fstab, the clean flag
+
+
+def _state_word(image: Path) -> int:
+    from daxfs import format as fmt
+
+    with open(image, "rb") as f:
+        f.seek(fmt.SB_STATE_OFF)
+        return int.from_bytes(f.read(8), "little")
+
+
+def test_mount_without_image_uses_default_image(scratch: Path) -> None:
+    env = daxfs_env()
+    env["XDG_DATA_HOME"] = str(scratch / "data")
+    mnt = _mountpoint(scratch)
+    argv = [sys.executable, "-m", "daxfs"]
+    res = subprocess.run([*argv, "mount", str(mnt)], capture_output=True, text=True,
+                         timeout=MOUNT_TIMEOUT + 30, env=env, stdin=subprocess.DEVNULL)
+    assert res.returncode == 0, res.stderr
+    image = scratch / "data" / "daxfs" / "pmem0.img"
+    try:
+        assert image.exists() and is_mounted(mnt)
+        assert image.stat().st_size == 1 << 30
+        write_file(mnt / "f", b"default")
+    finally:
+        assert _umount(mnt).returncode == 0
+    assert _state_word(image) == 1  # STATE_CLEAN
+    res = subprocess.run([*argv, "mount", str(mnt)], capture_output=True, text=True,
+                         timeout=MOUNT_TIMEOUT + 30, env=env, stdin=subprocess.DEVNULL)
+    assert res.returncode == 0, res.stderr
+    try:
+        assert read_file(mnt / "f") == b"default"
+    finally:
+        assert _umount(mnt).returncode == 0
+
+
+def test_image_is_dirty_while_mounted_and_clean_after(scratch: Path) -> None:
+    image = scratch / "img"
+    mkfs(image, "32M")
+    assert _state_word(image) == 1
+    mnt = _mountpoint(scratch)
+    assert run_daxfs("mount", image, mnt, timeout=MOUNT_TIMEOUT + 10).returncode == 0
+    try:
+        assert _state_word(image) == 0
+    finally:
+        assert _umount(mnt).returncode == 0
+    assert _state_word(image) == 1
+
+
+HELPER = Path("/sbin/mount.fuse.daxfs")
+
+
+@pytest.mark.skipif(not HELPER.exists(), reason="mount.fuse.daxfs is not installed (make venv)")
+def test_mount_t_fuse_daxfs_and_fstab(scratch: Path) -> None:
+    image = scratch / "img"
+    mkfs(image, "32M")
+    mnt = _mountpoint(scratch)
+    res = subprocess.run(["mount", "-t", "fuse.daxfs", str(image), str(mnt), "-o", "dax=never"],
+                         capture_output=True, text=True, timeout=MOUNT_TIMEOUT + 10,
+                         env=daxfs_env(), stdin=subprocess.DEVNULL)
+    assert res.returncode == 0, res.stderr
+    try:
+        assert is_mounted(mnt)
+        write_file(mnt / "f", b"via mount -t")
+    finally:
+        assert _umount(mnt).returncode == 0
+    # An fstab line, through mount's --fstab option so the system's fstab is untouched.
+    fstab = scratch / "fstab"
+    fstab.write_text(f"{image} {mnt} fuse.daxfs dax=always,nofail 0 0\n")
+    res = subprocess.run(["mount", "--fstab", str(fstab), str(mnt)], capture_output=True,
+                         text=True, timeout=MOUNT_TIMEOUT + 10, env=daxfs_env(),
+                         stdin=subprocess.DEVNULL)
+    assert res.returncode == 0, res.stderr
+    try:
+        assert read_file(mnt / "f") == b"via mount -t"
+    finally:
+        assert _umount(mnt).returncode == 0
