@@ -138,9 +138,15 @@ class Filesystem:
              hooks: LayoutHooks | None = None) -> Filesystem:
         """Open an image: validate, replay the journal, load bitmaps, reap orphans."""
         opts = opts or MountOptions()
-        dev = PmemDevice(path, readonly=False)
+        dev = PmemDevice(path, readonly=opts.readonly)
         try:
             sb = fmt.Superblock.unpack(dev.view[:BS].tobytes(), dev.size)
+            if opts.readonly and cls._state_of(dev) != fmt.STATE_CLEAN:
+                raise ImageError("image was not unmounted cleanly: mount it read-write once "
+                                 "to replay its journal")
+            if sb.feature_ro_compat and not opts.readonly:
+                raise ImageError(f"image uses unknown features {sb.feature_ro_compat:#x}: "
+                                 "it can only be mounted read-only")
             fs = cls(dev, sb, opts, hooks)
             fs._mount()
         except CorruptionError as e:
@@ -155,7 +161,8 @@ class Filesystem:
         state = self._state()
         if state & fmt.STATE_NEEDS_FSCK:
             raise ImageError("image is marked as needing fsck: run 'daxfs fsck --repair'")
-        self.journal.replay()
+        if not self.readonly:  # a read-only mount is only allowed on a clean image
+            self.journal.replay()
         self.balloc.bitmap.load(self._read_raw)
         self.ialloc.bitmap.load(self._read_raw)
         head = fmt.unpack_fsinfo(self._read_raw(self.sb.fsinfo_block), self.sb.fsinfo_block)
@@ -167,7 +174,7 @@ class Filesystem:
                 raise CorruptionError("orphan list loops")
             self.orphans.append(head)
             head = self.get(head).d.orphan_next
-        if self.orphans:
+        if self.orphans and not self.readonly:
             log.info("freeing %d orphaned inode(s)", len(self.orphans))
             for ino in list(self.orphans):
                 self._destroy(self.get(ino))
@@ -184,8 +191,12 @@ class Filesystem:
                 for lblk, pblk, count in inode.ext.runs():
                     hooks.mapped(inode.ino, lblk, pblk, count)
 
+    @staticmethod
+    def _state_of(dev: PmemDevice) -> int:
+        return int.from_bytes(dev.view[fmt.SB_STATE_OFF : fmt.SB_STATE_OFF + 8], "little")
+
     def _state(self) -> int:
-        return int.from_bytes(self.dev.view[fmt.SB_STATE_OFF : fmt.SB_STATE_OFF + 8], "little")
+        return self._state_of(self.dev)
 
     def _set_state(self, state: int) -> None:
         self.ops.memcpy(fmt.SB_STATE_OFF, state.to_bytes(8, "little"))
