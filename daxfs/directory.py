@@ -47,14 +47,8 @@ class Directory:
     @classmethod
     def load(cls, head: int, next_cookie: int, read_block: Callable[[int], bytes]) -> Directory:
         d = cls(next_cookie)
-        blk, seen = head, set()
-        while blk:
-            if blk in seen:
-                raise CorruptionError(f"directory block chain loops at block {blk}", blk)
-            seen.add(blk)
-            b = read_block(blk)
-            fmt.check(b, fmt.BT_DIR, blk)
-            nxt, used, count = _HDR.unpack_from(b, 0)
+        for blk, b in fmt.walk_chain(head, fmt.BT_DIR, read_block, "directory"):
+            _nxt, used, count = _HDR.unpack_from(b, 0)
             idx = len(d.blocks)
             d.blocks.append(blk)
             d.used.append(0)
@@ -75,7 +69,6 @@ class Directory:
                 raise CorruptionError(f"directory block {blk}: used bytes mismatch", blk)
             if fmt.DIR_CAPACITY - used >= _MAX_ENTRY:
                 d._spacious.add(idx)
-            blk = nxt
         d.cookies.sort()
         d.dirty.clear()
         return d

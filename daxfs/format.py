@@ -103,6 +103,21 @@ def check(block: bytes | bytearray | memoryview, btype: int, blkno: int,
         raise CorruptionError(f"block {blkno}: {what} checksum mismatch", blkno)
 
 
+def walk_chain(head: int, btype: int, read_block, what: str):
+    """Yield (block number, block) along a chain of sealed blocks whose payload starts
+    with the next block's number (0 ends it): extent leaves, directory and xattr
+    blocks.  Checks every block and refuses loops."""
+    blk, seen = head, set()
+    while blk:
+        if blk in seen:
+            raise CorruptionError(f"{what}: block chain loops at block {blk}", blk)
+        seen.add(blk)
+        b = read_block(blk)
+        check(b, btype, blk)
+        yield blk, b
+        blk = int.from_bytes(b[:8], "little")
+
+
 def is_valid(block: bytes | bytearray | memoryview, btype: int, blkno: int,
              atomic: tuple[int, ...] = ()) -> bool:
     try:

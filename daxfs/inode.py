@@ -65,20 +65,14 @@ def load_extents(inode: Inode, read_block) -> None:
             raise fmt.CorruptionError(f"inode {inode.ino}: {d.ext_count} inline extents")
         recs = [_EXT.unpack_from(d.inline, i * _EXT.size) for i in range(d.ext_count)]
     else:
-        blk, seen = d.ext_head, set()
-        while blk:
-            if blk in seen:
-                raise fmt.CorruptionError(f"inode {inode.ino}: extent leaf chain loops", blk)
-            seen.add(blk)
-            b = read_block(blk)
-            fmt.check(b, fmt.BT_EXTENT, blk)
-            nxt, count, _ = _LEAF.unpack_from(b, 0)
+        for blk, b in fmt.walk_chain(d.ext_head, fmt.BT_EXTENT, read_block,
+                                     f"inode {inode.ino} extents"):
+            _nxt, count, _ = _LEAF.unpack_from(b, 0)
             if count > fmt.EXTENTS_PER_LEAF:
                 raise fmt.CorruptionError(f"extent leaf {blk}: count {count}", blk)
             for i in range(count):
                 recs.append(_EXT.unpack_from(b, _LEAF.size + i * _EXT.size))
             inode.ext_leaves.append(blk)
-            blk = nxt
         if len(recs) != d.ext_count:
             raise fmt.CorruptionError(
                 f"inode {inode.ino}: {len(recs)} extents on media, inode says {d.ext_count}")
@@ -138,16 +132,13 @@ _XE = fmt.XATTR_ENT
 
 def load_xattrs(inode: Inode, read_block) -> None:
     xattrs: dict[bytes, bytes] = {}
-    blk, seen = inode.d.xattr_head, set()
-    while blk:
-        if blk in seen:
-            raise fmt.CorruptionError(f"inode {inode.ino}: xattr chain loops", blk)
-        seen.add(blk)
-        b = read_block(blk)
-        fmt.check(b, fmt.BT_XATTR, blk)
-        nxt, used, count = _XH.unpack_from(b, 0)
+    for blk, b in fmt.walk_chain(inode.d.xattr_head, fmt.BT_XATTR, read_block,
+                                 f"inode {inode.ino} xattrs"):
+        _nxt, _used, count = _XH.unpack_from(b, 0)
         off = _XH.size
         for _ in range(count):
+            if off + _XE.size > fmt.PAYLOAD:
+                raise fmt.CorruptionError(f"xattr block {blk}: bad entry count", blk)
             nlen, _r, vlen = _XE.unpack_from(b, off)
             off += _XE.size
             name = bytes(b[off : off + nlen])
@@ -157,7 +148,6 @@ def load_xattrs(inode: Inode, read_block) -> None:
                 raise fmt.CorruptionError(f"xattr block {blk}: bad entry", blk)
             xattrs[name] = value
         inode.xattr_blocks.append(blk)
-        blk = nxt
     inode.xattrs = xattrs
 
 
