@@ -9,7 +9,7 @@ APT_PKGS := fuse3 libfuse3-dev pkg-config fio xfsprogs attr git gcc make python3
 MNT ?= $(CURDIR)/mnt
 PYTEST_ARGS ?=
 
-.PHONY: all deps venv run stop test test-quick bench bench-quick lint sanitize clean
+.PHONY: all deps venv run stop test test-quick bench bench-quick lint sanitize crashtest clean
 
 all: venv
 
@@ -56,6 +56,11 @@ bench-quick: venv
 
 lint: venv
 	$(PY) -m ruff check daxfs native tests bench scripts
+
+# The long crash run (issue: >= 100,000 crash states, 500 kill -9 cycles, 20,000
+# corrupted images); scale with CRASHTEST_ARGS="--states N --kills N --images N".
+crashtest: venv
+	$(PY) scripts/crashtest.py $(CRASHTEST_ARGS)
 
 sanitize: venv
 	PYTHON=$(PY) native/sanitize.sh

@@ -154,6 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_dax.add_subcommands(sub)
     cli_dax.add_status(sub)
+
+    from . import fsck
+
+    fsck.add_fsck_subcommand(sub)
     return p
 
 
