@@ -188,6 +188,9 @@ class PmemDevice:
         self.ops.drain()
         del self.view
         self.ops.view = None  # type: ignore[assignment]
+        # Unlock explicitly: mmap keeps a dup of the fd, and if a view is still alive
+        # below (BufferError) that dup would hold the flock until garbage collection.
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
         try:
             self.mm.close()
         except BufferError:
