@@ -19,13 +19,30 @@ FALLOCATE, LSEEK (SEEK_DATA/SEEK_HOLE) and COPY_FILE_RANGE requests are then
 queued by C code and answered by :func:`serve`, which calls the handler's
 ``async`` methods, each request in its own trio task::
 
-    async def fallocate(ino, fh, mode, offset, length, interrupted) -> None
+    async def fallocate(ino, fh, mode, offset, length, interrupted[, ctx=]) -> None
     async def lseek(ino, fh, offset, whence, interrupted) -> int
     async def copy_file_range(ino_in, fh_in, off_in, ino_out, fh_out, off_out,
                               length, flags, interrupted) -> int   # bytes copied
+    async def setattr_size(ino, fh, fields, ctx, interrupted) -> dict
 
 ``interrupted`` is a :class:`trio.Event` set when the kernel sends
 FUSE_INTERRUPT (the caller got a signal); see :func:`cancel_on_interrupt`.
+``ctx`` is ``{"uid", "gid", "pid"}`` of the caller (pid: its thread id, as
+pyfuse3's ``ctx.pid``); fallocate gets it only if it accepts a ``ctx``
+keyword.
+
+SETATTR is pyfuse3's, except that while serve() runs with a handler that has
+``setattr_size``, those changing the size (truncate(2), ftruncate(2)) are
+taken over, because pyfuse3 hides FUSE_INTERRUPT from its handlers and a
+truncate may wait long (for DMA pins).  ``fh`` is None without a file handle;
+``fields`` holds ``to_set`` (FUSE_SET_ATTR_* bits, see ``SET_ATTR_*`` here)
+and ``st_mode``, ``st_uid``, ``st_gid``, ``st_size``, ``st_atime_ns``,
+``st_mtime_ns``, ``st_ctime_ns`` as the kernel sent them (meaningful only
+where ``to_set`` says so; for ``SET_ATTR_ATIME_NOW``/``MTIME_NOW`` the handler
+fills in the current time itself, as pyfuse3 does).  It returns the new
+attributes: ``st_ino``, ``st_mode``, ``st_nlink``, ``st_uid``, ``st_gid``,
+``st_rdev``, ``st_size``, ``st_blocks``, ``st_blksize``, ``st_atime_ns``,
+``st_mtime_ns``, ``st_ctime_ns`` and ``attr_timeout`` (seconds).
 An ``OSError``/``pyfuse3.FUSEError`` raised by a method becomes the errno
 reply; any other exception is logged and answered with EIO.  A missing method
 is answered with ENOSYS, after which the kernel stops sending that operation
@@ -46,6 +63,7 @@ import ctypes
 import errno
 import importlib
 import importlib.util
+import inspect
 import logging
 import operator
 import os
@@ -60,6 +78,15 @@ __all__ = [
     "DIRECT_IO_ALLOW_MMAP",
     "INIT_EXT",
     "MAX_PAGES",
+    "SET_ATTR_ATIME",
+    "SET_ATTR_ATIME_NOW",
+    "SET_ATTR_CTIME",
+    "SET_ATTR_GID",
+    "SET_ATTR_MODE",
+    "SET_ATTR_MTIME",
+    "SET_ATTR_MTIME_NOW",
+    "SET_ATTR_SIZE",
+    "SET_ATTR_UID",
     "cancel_on_interrupt",
     "configure",
     "info",
@@ -77,7 +104,33 @@ MAX_PAGES = 1 << 22
 INIT_EXT = 1 << 30
 DIRECT_IO_ALLOW_MMAP = 1 << 36
 
+# FUSE_SET_ATTR_* (libfuse's values; the C side asserts they match).
+SET_ATTR_MODE = 1 << 0
+SET_ATTR_UID = 1 << 1
+SET_ATTR_GID = 1 << 2
+SET_ATTR_SIZE = 1 << 3
+SET_ATTR_ATIME = 1 << 4
+SET_ATTR_MTIME = 1 << 5
+SET_ATTR_ATIME_NOW = 1 << 7
+SET_ATTR_MTIME_NOW = 1 << 8
+SET_ATTR_CTIME = 1 << 10
+
 _OFF_MAX = (1 << 63) - 1
+# What a setattr_size handler returns: dict key -> struct fuseext_attr field.
+_ATTR_FIELDS = (
+    ("st_ino", "ino"),
+    ("st_mode", "mode"),
+    ("st_nlink", "nlink"),
+    ("st_uid", "uid"),
+    ("st_gid", "gid"),
+    ("st_rdev", "rdev"),
+    ("st_size", "size"),
+    ("st_blocks", "blocks"),
+    ("st_blksize", "blksize"),
+    ("st_atime_ns", "atime_ns"),
+    ("st_mtime_ns", "mtime_ns"),
+    ("st_ctime_ns", "ctime_ns"),
+)
 
 _ffi: Any = None
 _lib: Any = None
@@ -202,20 +255,51 @@ def _require() -> tuple[Any, Any]:
 
 
 class _Request:
-    __slots__ = ("id", "method", "args", "length")
+    __slots__ = ("id", "method", "args", "length", "ctx")
 
-    def __init__(self, id: int, method: str, args: tuple[int, ...], length: int) -> None:
+    def __init__(
+        self,
+        id: int,
+        method: str,
+        args: tuple[Any, ...],
+        length: int,
+        ctx: dict[str, int] | None = None,
+    ) -> None:
         self.id = id
         self.method = method
         self.args = args
         self.length = length
+        self.ctx = ctx  # passed as ctx= (fallocate, if the method accepts it)
+
+
+def _accepts_ctx(method: Any) -> bool:
+    """Whether ``method`` takes a ``ctx`` keyword (older handlers do not)."""
+    try:
+        params = inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
+    return "ctx" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 def _decode(lib: Any, ev: Any) -> _Request | None:
+    ctx = {"uid": ev.ctx_uid, "gid": ev.ctx_gid, "pid": ev.ctx_pid}
     if ev.op == lib.FUSEEXT_OP_FALLOCATE:
         return _Request(
-            ev.id, "fallocate", (ev.ino, ev.fh, ev.mode, ev.offset, ev.length), ev.length
+            ev.id, "fallocate", (ev.ino, ev.fh, ev.mode, ev.offset, ev.length), ev.length, ctx
         )
+    if ev.op == lib.FUSEEXT_OP_SETATTR:
+        fields = {
+            "to_set": ev.to_set,
+            "st_mode": ev.st_mode,
+            "st_uid": ev.st_uid,
+            "st_gid": ev.st_gid,
+            "st_size": ev.st_size,
+            "st_atime_ns": ev.st_atime_ns,
+            "st_mtime_ns": ev.st_mtime_ns,
+            "st_ctime_ns": ev.st_ctime_ns,
+        }
+        fh = ev.fh if ev.has_fh else None
+        return _Request(ev.id, "setattr_size", (ev.ino, fh, fields, ctx), 0)
     if ev.op == lib.FUSEEXT_OP_LSEEK:
         return _Request(ev.id, "lseek", (ev.ino, ev.fh, ev.offset, ev.whence), 0)
     if ev.op == lib.FUSEEXT_OP_COPY_FILE_RANGE:
@@ -238,7 +322,28 @@ def _errno_of(exc: BaseException) -> int:
     return errno.EIO
 
 
+def _reply_attr(lib: Any, req: _Request, result: object) -> int:
+    """fuseext_reply_attr() from a setattr_size result, or EIO if it is unusable."""
+    try:
+        if not isinstance(result, dict):
+            raise TypeError(type(result).__name__)
+        init = {field: operator.index(result[key]) for key, field in _ATTR_FIELDS}
+        timeout = float(result["attr_timeout"])
+        if not 0 <= timeout < float("inf"):
+            raise ValueError(timeout)
+        attr = _ffi.new("struct fuseext_attr *", init)
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        log.error("fuse_ext: setattr_size returned invalid %r (%r), replying EIO", result, exc)
+        return lib.fuseext_reply_err(req.id, errno.EIO)
+    return lib.fuseext_reply_attr(req.id, attr, timeout)
+
+
 def _reply(lib: Any, req: _Request, err: int, result: object) -> None:
+    if not err and req.method == "setattr_size":
+        ret = _reply_attr(lib, req, result)
+        if ret < 0:
+            log.debug("fuse_ext: reply to %s failed: %s", req.method, os.strerror(-ret))
+        return
     if not err and req.method != "fallocate":
         try:
             value = operator.index(result)  # type: ignore[arg-type]
@@ -271,7 +376,10 @@ async def _handle(
         if method is None:
             err = errno.ENOSYS
         else:
-            result = await method(*req.args, interrupted)
+            if req.method == "fallocate" and req.ctx is not None and _accepts_ctx(method):
+                result = await method(*req.args, interrupted, ctx=req.ctx)
+            else:
+                result = await method(*req.args, interrupted)
             err = 0
     except trio.Cancelled:
         err = errno.EINTR if interrupted.is_set() else errno.EIO
@@ -299,6 +407,8 @@ async def serve(
     live: dict[int, trio.Event] = {}
     ev = ffi.new("struct fuseext_event *")
     lib.fuseext_set_accepting(1)
+    # Take size-changing setattr over from pyfuse3 only if someone answers it.
+    lib.fuseext_set_setattr_size(int(callable(getattr(handler, "setattr_size", None))))
     try:
         async with trio.open_nursery() as nursery:
             task_status.started()
@@ -330,6 +440,8 @@ async def serve(
                         name=f"fuse_ext.{req.method}#{req.id}",
                     )
     finally:
+        # setattr back to pyfuse3 first: it can still answer, we no longer can.
+        lib.fuseext_set_setattr_size(0)
         lib.fuseext_set_accepting(0)
         left = lib.fuseext_reply_all(errno.EIO)
         if left:

@@ -11,11 +11,14 @@ import errno
 import functools
 import logging
 import os
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar, cast
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, Protocol, TypeVar, cast
 
 import pyfuse3
 
+from . import fuse_ext as fx
 from .errors import CorruptionError, FsError
 from .fs import FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, Filesystem
 from .inode import Inode
@@ -49,6 +52,122 @@ def _translate(fn: F) -> F:
     return cast(F, wrapper)
 
 
+def _entry_attributes(inode: Inode) -> pyfuse3.EntryAttributes:
+    """The one mapping from an inode to what the kernel is told about it."""
+    d = inode.d
+    a = pyfuse3.EntryAttributes()
+    a.st_ino = cast(pyfuse3.InodeT, inode.ino)
+    a.generation = d.generation
+    a.entry_timeout = ENTRY_TIMEOUT
+    a.attr_timeout = ATTR_TIMEOUT
+    a.st_mode = d.mode
+    a.st_nlink = d.nlink
+    a.st_uid = d.uid
+    a.st_gid = d.gid
+    a.st_rdev = d.rdev
+    a.st_size = d.size
+    a.st_blksize = 4096
+    a.st_blocks = d.nblocks * 8
+    a.st_atime_ns = d.atime
+    a.st_mtime_ns = d.mtime
+    a.st_ctime_ns = d.ctime
+    a.st_birthtime_ns = d.btime
+    return a
+
+
+# What fuse_ext's setattr_size reply needs (fuse_reply_attr: no entry fields).
+_ATTR_REPLY = ("st_ino", "st_mode", "st_nlink", "st_uid", "st_gid", "st_rdev", "st_size",
+               "st_blocks", "st_blksize", "st_atime_ns", "st_mtime_ns", "st_ctime_ns",
+               "attr_timeout")
+
+
+class _SetattrFields(Protocol):
+    update_mode: Any
+    update_uid: Any
+    update_gid: Any
+    update_size: Any
+    update_atime: Any
+    update_mtime: Any
+    update_ctime: Any
+
+
+class _SetattrValues(Protocol):
+    st_mode: int
+    st_uid: int
+    st_gid: int
+    st_size: int
+    st_atime_ns: int
+    st_mtime_ns: int
+    st_ctime_ns: int
+
+
+def _setattr_kw(attr: _SetattrValues, fields: _SetattrFields) -> dict[str, int]:
+    """pyfuse3-style (attr, fields) -> Filesystem.setattr keywords."""
+    kw: dict[str, int] = {}
+    if fields.update_mode:
+        kw["mode"] = attr.st_mode
+    if fields.update_uid:
+        kw["uid"] = attr.st_uid
+    if fields.update_gid:
+        kw["gid"] = attr.st_gid
+    if fields.update_size:
+        kw["size"] = attr.st_size
+    if fields.update_atime:
+        kw["atime"] = attr.st_atime_ns
+    if fields.update_mtime:
+        kw["mtime"] = attr.st_mtime_ns
+    if fields.update_ctime:
+        kw["ctime"] = attr.st_ctime_ns
+    return kw
+
+
+class _RawSetattr:
+    """fuse_ext's raw setattr fields (FUSE_SET_ATTR_* bits + struct stat values)
+    seen the way pyfuse3 presents them to Operations.setattr: both the attr and
+    the fields of _setattr_kw.  Like pyfuse3, *_NOW takes the current time."""
+
+    def __init__(self, raw: Mapping[str, int]) -> None:
+        to_set = raw["to_set"]
+        now = time.time_ns() if to_set & (fx.SET_ATTR_ATIME_NOW | fx.SET_ATTR_MTIME_NOW) else 0
+        self.st_mode = raw["st_mode"]
+        self.st_uid = raw["st_uid"]
+        self.st_gid = raw["st_gid"]
+        self.st_size = raw["st_size"]
+        self.st_atime_ns = raw["st_atime_ns"]
+        self.st_mtime_ns = raw["st_mtime_ns"]
+        self.st_ctime_ns = raw["st_ctime_ns"]
+        self.update_mode = bool(to_set & fx.SET_ATTR_MODE)
+        self.update_uid = bool(to_set & fx.SET_ATTR_UID)
+        self.update_gid = bool(to_set & fx.SET_ATTR_GID)
+        self.update_size = bool(to_set & fx.SET_ATTR_SIZE)
+        self.update_atime = bool(to_set & (fx.SET_ATTR_ATIME | fx.SET_ATTR_ATIME_NOW))
+        self.update_mtime = bool(to_set & (fx.SET_ATTR_MTIME | fx.SET_ATTR_MTIME_NOW))
+        self.update_ctime = bool(to_set & fx.SET_ATTR_CTIME)
+        # pyfuse3: an explicit time wins over *_NOW (the kernel never sends both).
+        if to_set & fx.SET_ATTR_ATIME_NOW and not to_set & fx.SET_ATTR_ATIME:
+            self.st_atime_ns = now
+        if to_set & fx.SET_ATTR_MTIME_NOW and not to_set & fx.SET_ATTR_MTIME:
+            self.st_mtime_ns = now
+
+
+async def _setattr(fs: Filesystem, layouts: LayoutManager | None, inode: int,
+                   kw: dict[str, int], *, breaker_pid: int | None,
+                   interrupted: Any = None) -> Inode:
+    """Filesystem.setattr, with shrinking truncates run through break_layout.
+
+    `interrupted` (a trio.Event, fuse_ext requests only) ends a wait for pins
+    with OSError(EINTR), nothing changed."""
+    if layouts is not None and "size" in kw:
+        node = fs.get(inode)
+        if node.is_reg() and 0 <= kw["size"] < node.d.size:
+            # Shrinking frees blocks: break layouts and wait for pins first.
+            return await layouts.break_layout(
+                inode, kw["size"] // 4096, 1 << 62, lambda: fs.setattr(inode, **kw),
+                what=f"truncate ino {inode}", breaker_pid=breaker_pid,
+                interrupted=interrupted)
+    return fs.setattr(inode, **kw)
+
+
 class Operations(pyfuse3.Operations):
     """pyfuse3 request handlers over a `Filesystem`.
 
@@ -73,26 +192,7 @@ class Operations(pyfuse3.Operations):
 
     # -- helpers -----------------------------------------------------------------
 
-    def _attr(self, inode: Inode) -> pyfuse3.EntryAttributes:
-        d = inode.d
-        a = pyfuse3.EntryAttributes()
-        a.st_ino = cast(pyfuse3.InodeT, inode.ino)
-        a.generation = d.generation
-        a.entry_timeout = ENTRY_TIMEOUT
-        a.attr_timeout = ATTR_TIMEOUT
-        a.st_mode = d.mode
-        a.st_nlink = d.nlink
-        a.st_uid = d.uid
-        a.st_gid = d.gid
-        a.st_rdev = d.rdev
-        a.st_size = d.size
-        a.st_blksize = 4096
-        a.st_blocks = d.nblocks * 8
-        a.st_atime_ns = d.atime
-        a.st_mtime_ns = d.mtime
-        a.st_ctime_ns = d.ctime
-        a.st_birthtime_ns = d.btime
-        return a
+    _attr = staticmethod(_entry_attributes)
 
     def _entry(self, inode: Inode) -> pyfuse3.EntryAttributes:
         inode.lookups += 1
@@ -131,30 +231,11 @@ class Operations(pyfuse3.Operations):
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
                       fields: pyfuse3.SetattrFields, fh: int | None,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        kw: dict[str, int] = {}
-        if fields.update_mode:
-            kw["mode"] = attr.st_mode
-        if fields.update_uid:
-            kw["uid"] = attr.st_uid
-        if fields.update_gid:
-            kw["gid"] = attr.st_gid
-        if fields.update_size:
-            kw["size"] = attr.st_size
-        if fields.update_atime:
-            kw["atime"] = attr.st_atime_ns
-        if fields.update_mtime:
-            kw["mtime"] = attr.st_mtime_ns
-        if fields.update_ctime:
-            kw["ctime"] = attr.st_ctime_ns
-        if self.layouts is not None and "size" in kw:
-            node = self.fs.get(inode)
-            if node.is_reg() and 0 <= kw["size"] < node.d.size:
-                # Shrinking frees blocks: break layouts and wait for pins first.
-                return self._attr(await self.layouts.break_layout(
-                    inode, kw["size"] // 4096, 1 << 62,
-                    lambda: self.fs.setattr(inode, **kw), what=f"truncate ino {inode}",
-                    breaker_pid=ctx.pid))
-        return self._attr(self.fs.setattr(inode, **kw))
+        # Size changes normally arrive as ExtOperations.setattr_size (fuse_ext
+        # takes them over, for FUSE_INTERRUPT); this path serves the rest, and
+        # size changes too when the native extension is unavailable.
+        return self._attr(await _setattr(self.fs, self.layouts, inode, _setattr_kw(attr, fields),
+                                         breaker_pid=ctx.pid))
 
     @_translate
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
@@ -326,17 +407,29 @@ class Operations(pyfuse3.Operations):
 
 
 class ExtOperations:
-    """Handlers for the requests pyfuse3 lacks (fallocate, lseek), served by
-    `daxfs.fuse_ext` from the native op-table extension."""
+    """Handlers for the requests pyfuse3 lacks or hides interrupts of
+    (fallocate, lseek, size-changing setattr), served by `daxfs.fuse_ext` from
+    the native op-table extension.  Errors are OSError (fuse_ext's convention);
+    anything else is logged by fuse_ext and answered EIO."""
 
     def __init__(self, fs: Filesystem) -> None:
         self.fs = fs
         self.layouts: LayoutManager | None = None
 
-    async def fallocate(self, ino: int, fh: int, mode: int, offset: int, length: int,
-                        interrupted: Any = None) -> None:
-        layouts = self.layouts
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
         try:
+            yield
+        except CorruptionError as e:
+            self.fs.mark_corrupt(str(e))
+            raise OSError(errno.EIO, "metadata corruption") from None
+        except FsError as e:
+            raise OSError(e.errno, os.strerror(e.errno)) from None
+
+    async def fallocate(self, ino: int, fh: int, mode: int, offset: int, length: int,
+                        interrupted: Any = None, *, ctx: Mapping[str, int] | None = None) -> None:
+        layouts = self.layouts
+        with self._errors():
             if (layouts is not None and mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)
                     and length > 0 and offset >= 0):
                 # PUNCH_HOLE / ZERO_RANGE free blocks: break layouts, wait for pins
@@ -345,18 +438,24 @@ class ExtOperations:
                     ino, offset // 4096, -(-(offset + length) // 4096) - offset // 4096,
                     lambda: self.fs.fallocate(ino, mode, offset, length),
                     what=f"{'zero' if mode & 0x10 else 'punch'} ino {ino}",
+                    breaker_pid=ctx.get("pid") if ctx else None,
                     interrupted=interrupted)
             else:
                 self.fs.fallocate(ino, mode, offset, length)
-        except CorruptionError as e:
-            self.fs.mark_corrupt(str(e))
-            raise OSError(errno.EIO, "metadata corruption") from None
-        except FsError as e:
-            raise OSError(e.errno, os.strerror(e.errno)) from None
 
     async def lseek(self, ino: int, fh: int, offset: int, whence: int,
                     interrupted: Any = None) -> int:
-        try:
+        with self._errors():
             return self.fs.seek(ino, offset, whence)
-        except FsError as e:
-            raise OSError(e.errno, os.strerror(e.errno)) from None
+
+    async def setattr_size(self, ino: int, fh: int | None, fields: Mapping[str, int],
+                           ctx: Mapping[str, int], interrupted: Any = None) -> dict[str, Any]:
+        """Operations.setattr for size changes (truncate/ftruncate), which fuse_ext
+        takes over from pyfuse3 so that a truncate waiting for DMA pins ends with
+        EINTR, nothing changed, when its caller gets a signal."""
+        raw = _RawSetattr(fields)
+        with self._errors():
+            node = await _setattr(self.fs, self.layouts, ino, _setattr_kw(raw, raw),
+                                  breaker_pid=ctx.get("pid"), interrupted=interrupted)
+        a = _entry_attributes(node)
+        return {name: getattr(a, name) for name in _ATTR_REPLY}

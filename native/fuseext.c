@@ -13,7 +13,10 @@
  *
  *  - fuse_session_new: passes libfuse a copy of pyfuse3's
  *    struct fuse_lowlevel_ops with fallocate / lseek / copy_file_range filled
- *    in (only where pyfuse3 left them NULL) and init wrapped.
+ *    in (only where pyfuse3 left them NULL), init wrapped, and setattr
+ *    wrapped: size changes are queued for Python like fallocate (so a
+ *    truncate waiting for DMA pins can see FUSE_INTERRUPT, which pyfuse3
+ *    never reports), everything else goes to pyfuse3's handler.
  *  - fuse_session_mount: after the real mount, installs a custom io
  *    (fuse_session_custom_io, libfuse >= 3.13) on the same /dev/fuse fd.  Its
  *    read is plain read(2) that remembers the FUSE_INIT request; its writev
@@ -48,7 +51,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "fuseext.h"
@@ -134,6 +139,17 @@ _Static_assert(sizeof(struct wire_init_out) == 64, "fuse_init_out layout");
                                                  MAP_SHARED on FOPEN_DIRECT_IO */
 #define WIRE_MAX_MAX_PAGES 65535              /* max_pages is a u16 */
 
+/* The header repeats libfuse's values so that cffi (and Python) see them. */
+_Static_assert(FUSEEXT_SET_ATTR_MODE == FUSE_SET_ATTR_MODE, "to_set bits");
+_Static_assert(FUSEEXT_SET_ATTR_UID == FUSE_SET_ATTR_UID, "to_set bits");
+_Static_assert(FUSEEXT_SET_ATTR_GID == FUSE_SET_ATTR_GID, "to_set bits");
+_Static_assert(FUSEEXT_SET_ATTR_SIZE == FUSE_SET_ATTR_SIZE, "to_set bits");
+_Static_assert(FUSEEXT_SET_ATTR_ATIME == FUSE_SET_ATTR_ATIME, "to_set bits");
+_Static_assert(FUSEEXT_SET_ATTR_MTIME == FUSE_SET_ATTR_MTIME, "to_set bits");
+_Static_assert(FUSEEXT_SET_ATTR_ATIME_NOW == FUSE_SET_ATTR_ATIME_NOW, "to_set bits");
+_Static_assert(FUSEEXT_SET_ATTR_MTIME_NOW == FUSE_SET_ATTR_MTIME_NOW, "to_set bits");
+_Static_assert(FUSEEXT_SET_ATTR_CTIME == FUSE_SET_ATTR_CTIME, "to_set bits");
+
 /* ---------------------------------------------------------------- state */
 
 struct pending {              /* a request queued for Python, not answered */
@@ -159,6 +175,10 @@ static struct {
     struct fuse_session *session;
     struct fuse_lowlevel_ops ops;  /* pyfuse3's ops plus ours */
     void (*fs_init)(void *userdata, struct fuse_conn_info *conn);
+    /* pyfuse3's setattr: everything ll_setattr does not take over */
+    void (*fs_setattr)(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
+                       int to_set, struct fuse_file_info *fi);
+    int take_setattr_size;      /* fuseext_set_setattr_size() */
 
     int cfg_allow_mmap;
     int cfg_max_pages;
@@ -273,7 +293,16 @@ static void on_interrupt(fuse_req_t req, void *data)
 static void queue_request(fuse_req_t req, struct fuseext_event *ev)
 {
     struct pending *p = malloc(sizeof(*p));
+    const struct fuse_ctx *ctx = fuse_req_ctx(req);
     int err = 0;
+
+    /* Cheap and valid only while the request lives: copy it now.  Python
+     * uses the pid as the breaker's identity (EDEADLK on its own lease). */
+    if (ctx) {
+        ev->ctx_uid = (uint32_t)ctx->uid;
+        ev->ctx_gid = (uint32_t)ctx->gid;
+        ev->ctx_pid = (uint32_t)ctx->pid;
+    }
 
     pthread_mutex_lock(&g.lock);
     if (!p)
@@ -354,6 +383,49 @@ static void ll_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
     ev.offset_out = off_out;
     ev.length = (int64_t)len;
     ev.flags = (uint64_t)(unsigned)flags;
+    queue_request(req, &ev);
+}
+
+static int64_t timespec_ns(const struct timespec *ts)
+{
+    return (int64_t)ts->tv_sec * 1000000000LL + ts->tv_nsec;
+}
+
+/*
+ * Size changes are taken over because a shrinking truncate may wait a long
+ * time for DMA pins to drop, and only requests answered here get an
+ * interrupt callback (pyfuse3 registers none, so its handler can never learn
+ * that the caller got a signal).  Everything else — chmod, chown, utimes —
+ * is passed to pyfuse3's handler unchanged, in this same call, so pyfuse3
+ * still owns those replies.  The *_NOW times are left for Python to fill in,
+ * as pyfuse3 does in its handler.
+ */
+static void ll_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
+                       int to_set, struct fuse_file_info *fi)
+{
+    struct fuseext_event ev;
+    int take;
+
+    pthread_mutex_lock(&g.lock);
+    take = g.take_setattr_size && g.accepting;
+    pthread_mutex_unlock(&g.lock);
+    if (!take || !(to_set & FUSE_SET_ATTR_SIZE) || !attr) {
+        g.fs_setattr(req, ino, attr, to_set, fi);
+        return;
+    }
+    memset(&ev, 0, sizeof(ev));
+    ev.op = FUSEEXT_OP_SETATTR;
+    ev.ino = ino;
+    ev.has_fh = fi != NULL;
+    ev.fh = fi ? fi->fh : 0;
+    ev.to_set = to_set;
+    ev.st_mode = (uint32_t)attr->st_mode;
+    ev.st_uid = (uint32_t)attr->st_uid;
+    ev.st_gid = (uint32_t)attr->st_gid;
+    ev.st_size = (int64_t)attr->st_size;
+    ev.st_atime_ns = timespec_ns(&attr->st_atim);
+    ev.st_mtime_ns = timespec_ns(&attr->st_mtim);
+    ev.st_ctime_ns = timespec_ns(&attr->st_ctim);
     queue_request(req, &ev);
 }
 
@@ -562,6 +634,13 @@ EXPORT struct fuse_session *fuse_session_new(struct fuse_args *args,
     }
     g.fs_init = g.ops.init;
     g.ops.init = ll_init;
+    /* Only wrapped if there is a handler to fall back to (pyfuse3 always
+     * has one); without one libfuse answers ENOSYS as before. */
+    g.fs_setattr = g.ops.setattr;
+    if (g.fs_setattr) {
+        g.ops.setattr = ll_setattr;
+        installed |= 1 << FUSEEXT_OP_SETATTR;
+    }
 
     se = real(args, &g.ops, sizeof(g.ops), userdata);
     pthread_mutex_lock(&g.lock);
@@ -675,6 +754,13 @@ void fuseext_set_accepting(int on)
     pthread_mutex_unlock(&g.lock);
 }
 
+void fuseext_set_setattr_size(int on)
+{
+    pthread_mutex_lock(&g.lock);
+    g.take_setattr_size = on != 0;
+    pthread_mutex_unlock(&g.lock);
+}
+
 /* Unlinks the request so that a second reply for the same id is refused
  * instead of touching a freed fuse_req. */
 static fuse_req_t claim(uint64_t id)
@@ -711,6 +797,44 @@ int fuseext_reply_write(uint64_t id, uint64_t count)
     fuse_req_t req = claim(id);
 
     return req ? fuse_reply_write(req, (size_t)count) : -ENOENT;
+}
+
+/* Floor division, so times before 1970 keep 0 <= tv_nsec < 1e9. */
+static struct timespec ns_timespec(int64_t ns)
+{
+    struct timespec ts;
+    int64_t sec = ns / 1000000000LL, rem = ns % 1000000000LL;
+
+    if (rem < 0) {
+        rem += 1000000000LL;
+        sec--;
+    }
+    ts.tv_sec = (time_t)sec;
+    ts.tv_nsec = (long)rem;
+    return ts;
+}
+
+int fuseext_reply_attr(uint64_t id, const struct fuseext_attr *attr, double attr_timeout)
+{
+    fuse_req_t req = claim(id);
+    struct stat st;
+
+    if (!req)
+        return -ENOENT;
+    memset(&st, 0, sizeof(st));
+    st.st_ino = (ino_t)attr->ino;
+    st.st_mode = (mode_t)attr->mode;
+    st.st_nlink = (nlink_t)attr->nlink;
+    st.st_uid = (uid_t)attr->uid;
+    st.st_gid = (gid_t)attr->gid;
+    st.st_rdev = (dev_t)attr->rdev;
+    st.st_size = (off_t)attr->size;
+    st.st_blocks = (blkcnt_t)attr->blocks;
+    st.st_blksize = (blksize_t)attr->blksize;
+    st.st_atim = ns_timespec(attr->atime_ns);
+    st.st_mtim = ns_timespec(attr->mtime_ns);
+    st.st_ctim = ns_timespec(attr->ctime_ns);
+    return fuse_reply_attr(req, &st, attr_timeout);
 }
 
 int fuseext_reply_all(int err)

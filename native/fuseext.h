@@ -9,7 +9,9 @@
  * The module interposes fuse_session_new / fuse_session_mount /
  * fuse_session_destroy (the process must load it with RTLD_GLOBAL before
  * pyfuse3), adds lowlevel handlers for FALLOCATE, LSEEK and COPY_FILE_RANGE
- * that queue the request for Python, and patches the FUSE_INIT reply.
+ * that queue the request for Python, takes size-changing SETATTR over from
+ * pyfuse3 (when enabled) so that it too sees FUSE_INTERRUPT, and patches the
+ * FUSE_INIT reply.
  * Python never sees a fuse_req_t: requests are named by a 64-bit id.
  */
 #ifndef DAXFS_FUSEEXT_H
@@ -27,6 +29,19 @@
 #define FUSEEXT_OP_FALLOCATE 1
 #define FUSEEXT_OP_LSEEK 2
 #define FUSEEXT_OP_COPY_FILE_RANGE 3
+#define FUSEEXT_OP_SETATTR 4
+
+/* fuseext_event.to_set: libfuse's FUSE_SET_ATTR_* bits (fuseext.c asserts
+ * they match).  libfuse only passes these (plus KILL_SUID/KILL_SGID) on. */
+#define FUSEEXT_SET_ATTR_MODE 1
+#define FUSEEXT_SET_ATTR_UID 2
+#define FUSEEXT_SET_ATTR_GID 4
+#define FUSEEXT_SET_ATTR_SIZE 8
+#define FUSEEXT_SET_ATTR_ATIME 16
+#define FUSEEXT_SET_ATTR_MTIME 32
+#define FUSEEXT_SET_ATTR_ATIME_NOW 128
+#define FUSEEXT_SET_ATTR_MTIME_NOW 256
+#define FUSEEXT_SET_ATTR_CTIME 1024
 
 /*
  * One queued event.  REQUEST: a new request that must later get exactly one
@@ -37,6 +52,12 @@
  * LSEEK:           ino, fh, offset, whence
  * COPY_FILE_RANGE: ino, fh, offset (in); ino_out, fh_out, offset_out (out);
  *                  length; flags
+ * SETATTR:         ino, fh (0 if no file handle: has_fh), to_set and the
+ *                  struct stat fields st_* as libfuse passed them (only
+ *                  those named by to_set are meaningful; *_NOW times are
+ *                  NOT filled in).  Only sent with FUSEEXT_SET_ATTR_SIZE.
+ * Every REQUEST:   ctx_uid, ctx_gid, ctx_pid from fuse_req_ctx() (ctx_pid
+ *                  is the calling thread's id, as in pyfuse3's ctx.pid).
  */
 struct fuseext_event {
     uint64_t id;
@@ -52,6 +73,34 @@ struct fuseext_event {
     uint64_t fh_out;
     int64_t offset_out;
     uint64_t flags;
+    int has_fh;
+    int to_set;
+    uint32_t st_mode;
+    uint32_t st_uid;
+    uint32_t st_gid;
+    int64_t st_size;
+    int64_t st_atime_ns;
+    int64_t st_mtime_ns;
+    int64_t st_ctime_ns;
+    uint32_t ctx_uid;
+    uint32_t ctx_gid;
+    uint32_t ctx_pid;
+};
+
+/* Attributes for fuseext_reply_attr() (turned into a struct stat). */
+struct fuseext_attr {
+    uint64_t ino;
+    uint32_t mode;
+    uint32_t nlink;
+    uint32_t uid;
+    uint32_t gid;
+    uint64_t rdev;
+    int64_t size;
+    int64_t blocks;
+    int64_t blksize;
+    int64_t atime_ns;
+    int64_t mtime_ns;
+    int64_t ctime_ns;
 };
 
 /*
@@ -94,12 +143,19 @@ int fuseext_eventfd(void);
 int fuseext_next_event(struct fuseext_event *ev);
 /* When 0, new requests are answered at once (EIO) instead of queued. */
 void fuseext_set_accepting(int on);
+/* When 1 (and accepting), SETATTR requests that change the size are queued
+ * as FUSEEXT_OP_SETATTR; otherwise (the default) every SETATTR goes to
+ * pyfuse3's own handler unchanged.  serve() turns it on while it runs, if
+ * its handler can answer them. */
+void fuseext_set_setattr_size(int on);
 
 /* Replies.  0 on success, -ENOENT if `id` is not outstanding (already
  * answered), else the negative errno from libfuse. */
 int fuseext_reply_err(uint64_t id, int err);
 int fuseext_reply_lseek(uint64_t id, int64_t offset);
 int fuseext_reply_write(uint64_t id, uint64_t count);
+/* fuse_reply_attr() for a SETATTR; attr_timeout in seconds. */
+int fuseext_reply_attr(uint64_t id, const struct fuseext_attr *attr, double attr_timeout);
 /* Answer every outstanding request (err for ordinary ones, EINTR for those
  * that were interrupted) and drop queued events.  Returns how many. */
 int fuseext_reply_all(int err);

@@ -16,7 +16,9 @@ In-memory files in the root directory:
 
 fallocate with length 7777 fails with ENOSPC, with 6666 raises ValueError
 (-> EIO); with length 8888 it blocks until released via ctl or interrupted
-(then EINTR).  ctl "stop-serve" cancels fuse_ext.serve(); --missing NAME
+(then EINTR).  Size-changing setattr reaches ExtHandler.setattr_size (logged
+"setattr_size"), other setattrs pyfuse3's MemFs.setattr (logged "setattr");
+truncating to 8888 blocks like the slow fallocate, 7777 fails with ENOSPC.  ctl "stop-serve" cancels fuse_ext.serve(); --missing NAME
 hides a handler method (-> ENOSYS).  lseek(SEEK_DATA) returns
 offset + 100 (ENXIO past the end - 100), lseek(SEEK_HOLE) returns the size.
 """
@@ -52,6 +54,8 @@ FALLOC_FL_ZERO_RANGE = 0x10
 SLOW_LENGTH = 8888
 ENOSPC_LENGTH = 7777
 BUG_LENGTH = 6666
+MARK_SIZE = 5555
+MARK_MTIME_NS = 1_234_567_890_123_456_789
 
 
 class MemFs(pyfuse3.Operations):
@@ -99,13 +103,25 @@ class MemFs(pyfuse3.Operations):
     async def setattr(
         self, inode: int, attr: Any, fields: Any, fh: Any, ctx: Any
     ) -> pyfuse3.EntryAttributes:
+        self.record(
+            "setattr",
+            ino=inode,
+            fh=fh,
+            update_size=bool(fields.update_size),
+            update_mode=bool(fields.update_mode),
+            mode=attr.st_mode,
+            pid=ctx.pid,
+        )
         if fields.update_size and inode in self.files:
-            data = self.files[inode]
-            if attr.st_size < len(data):
-                del data[attr.st_size :]
-            else:
-                data.extend(bytes(attr.st_size - len(data)))
+            self.resize(inode, attr.st_size)
         return await self.getattr(inode)
+
+    def resize(self, inode: int, size: int) -> None:
+        data = self.files[inode]
+        if size < len(data):
+            del data[size:]
+        else:
+            data.extend(bytes(size - len(data)))
 
     async def opendir(self, inode: int, ctx: Any) -> int:
         if inode != ROOT:
@@ -190,7 +206,15 @@ class ExtHandler:
         self.fs = fs
 
     async def fallocate(
-        self, ino: int, fh: int, mode: int, offset: int, length: int, interrupted: trio.Event
+        self,
+        ino: int,
+        fh: int,
+        mode: int,
+        offset: int,
+        length: int,
+        interrupted: trio.Event,
+        *,
+        ctx: dict[str, int],
     ) -> None:
         fs = self.fs
         fs.record(
@@ -201,6 +225,7 @@ class ExtHandler:
             mode=mode,
             offset=offset,
             length=length,
+            pid=ctx["pid"],
         )
         if length == ENOSPC_LENGTH:
             raise OSError(errno.ENOSPC, "test: no space")
@@ -225,6 +250,55 @@ class ExtHandler:
                 data[offset:stop] = bytes(stop - offset)
         if not mode & FALLOC_FL_KEEP_SIZE and end > len(data):
             data.extend(bytes(end - len(data)))
+
+    async def setattr_size(
+        self,
+        ino: int,
+        fh: int | None,
+        fields: dict[str, int],
+        ctx: dict[str, int],
+        interrupted: trio.Event,
+    ) -> dict[str, Any]:
+        fs = self.fs
+        fs.record("setattr_size", ino=ino, fh=fh, fields=fields, ctx=ctx)
+        size = fields["st_size"]
+        if size == ENOSPC_LENGTH:
+            raise OSError(errno.ENOSPC, "test: no space")
+        if size == SLOW_LENGTH:
+            fs.record("setattr_wait", ino=ino)
+            try:
+                with fuse_ext.cancel_on_interrupt(interrupted), trio.move_on_after(60):
+                    await fs.release_event.wait()
+            except OSError as exc:
+                if exc.errno == errno.EINTR:
+                    fs.record("interrupted", ino=ino)
+                raise
+        fs.resize(ino, size)
+        attr = await fs.getattr(ino)
+        out: dict[str, Any] = {
+            name: getattr(attr, name)
+            for name in (
+                "st_ino",
+                "st_mode",
+                "st_nlink",
+                "st_uid",
+                "st_gid",
+                "st_rdev",
+                "st_size",
+                "st_blocks",
+                "st_blksize",
+                "st_atime_ns",
+                "st_mtime_ns",
+                "st_ctime_ns",
+            )
+        }
+        if size == MARK_SIZE:
+            # Cached by the kernel for attr_timeout: shows the reply got through.
+            out["st_mtime_ns"] = MARK_MTIME_NS
+            out["attr_timeout"] = 60
+        else:
+            out["attr_timeout"] = 0
+        return out
 
     async def lseek(
         self, ino: int, fh: int, offset: int, whence: int, interrupted: trio.Event

@@ -53,6 +53,16 @@ pytestmark = [
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
 _libc.fallocate.restype = ctypes.c_int
+_libc.truncate.argtypes = [ctypes.c_char_p, ctypes.c_int64]
+_libc.truncate.restype = ctypes.c_int
+SET_ATTR_SIZE = 1 << 3
+
+
+def raw_truncate(path: str, size: int) -> int:
+    """truncate(2) without Python's EINTR retry (PEP 475): 0 or the errno."""
+    if _libc.truncate(os.fsencode(path), size) == 0:
+        return 0
+    return ctypes.get_errno()
 
 
 def raw_fallocate(fd: int, mode: int, offset: int, length: int) -> int:
@@ -357,7 +367,7 @@ def test_session_is_extended(fs: Mount) -> None:
     assert info["session_wrapped"] == 1
     assert info["custom_io"] == 1
     assert info["init_seen"] == 1 and info["init_patched"] == 1
-    assert info["ops_installed"] == (1 << 1) | (1 << 2) | (1 << 3)
+    assert info["ops_installed"] == (1 << 1) | (1 << 2) | (1 << 3) | (1 << 4)
     # No splice with the custom io: every request passes through its read().
     splice_caps = (1 << 7) | (1 << 8) | (1 << 9)
     assert info["conn_capable"] & splice_caps == 0
@@ -392,6 +402,8 @@ def test_fallocate_modes_reach_handler(fs: Mount) -> None:
         (FALLOC_FL_ZERO_RANGE, 4096, 4096),
     ]
     assert all(c["ino"] == INO_DATA and c["fh_ino"] == INO_DATA for c in calls)
+    # The handler accepts ctx=, so it gets the caller's (thread) id.
+    assert all(c["pid"] == threading.get_native_id() for c in calls)
 
 
 def test_fallocate_util(fs: Mount) -> None:
@@ -653,3 +665,98 @@ def test_max_pages_configurable(start_fs: Callable[..., Mount]) -> None:
     writes, reads = _big_io(fs)
     assert writes == [256 << 10] * 4
     assert reads == [256 << 10] * 4
+
+
+# ---------------------------------------------------------------- setattr
+
+
+def test_size_setattr_reaches_handler_others_pyfuse3(fs: Mount) -> None:
+    os.truncate(fs / "data", 1000)
+    assert os.stat(fs / "data").st_size == 1000
+    fd = os.open(fs / "data", os.O_RDWR)
+    try:
+        os.ftruncate(fd, 5000)
+        assert os.fstat(fd).st_size == 5000
+        assert os.pread(fd, 5000, 0) == b"d" * 1000 + bytes(4000)
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError) as exc:
+        os.truncate(fs / "data", ENOSPC_LENGTH)
+    assert exc.value.errno == errno.ENOSPC
+    assert os.stat(fs / "data").st_size == 5000
+    # chmod and utimes are still pyfuse3's.
+    os.chmod(fs / "data", 0o600)
+    os.utime(fs / "data", ns=(10**18, 2 * 10**18))
+
+    sized = fs.calls("setattr_size")
+    assert [(c["ino"], c["fields"]["st_size"]) for c in sized] == [
+        (INO_DATA, 1000),
+        (INO_DATA, 5000),
+        (INO_DATA, ENOSPC_LENGTH),
+    ]
+    assert all(c["fields"]["to_set"] & SET_ATTR_SIZE for c in sized)
+    assert sized[0]["fh"] is None and sized[1]["fh"] is not None
+    me = threading.get_native_id()
+    assert all(c["ctx"] == {"uid": os.getuid(), "gid": os.getgid(), "pid": me} for c in sized)
+    plain = fs.calls("setattr")
+    assert len(plain) == 2 and not any(c["update_size"] for c in plain)
+    assert plain[0]["update_mode"] and plain[0]["mode"] & 0o7777 == 0o600
+    assert fs.info()["requests"] == 3
+
+
+def test_interrupted_truncate(fs: Mount) -> None:
+    got_signal = threading.Event()
+    old = signal.signal(signal.SIGUSR1, lambda signum, frame: got_signal.set())
+    try:
+        worker = Worker(lambda: raw_truncate(fs / "data", SLOW_LENGTH))
+        worker.start()
+        fs.wait_for("setattr_wait")
+        assert worker.ident is not None
+        signal.pthread_kill(worker.ident, signal.SIGUSR1)
+        worker.join(10)
+        assert not worker.is_alive(), "truncate not answered after the interrupt"
+        assert worker.result == errno.EINTR
+        fs.wait_for("interrupted")
+        assert os.stat(fs / "data").st_size == 65536
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+        fs.ctl("release")
+    assert got_signal.wait(5)
+    # Not stuck afterwards.
+    assert raw_truncate(fs / "data", 10) == 0
+    assert os.stat(fs / "data").st_size == 10
+
+
+def test_setattr_stays_pyfuse3s_without_handler(start_fs: Callable[..., Mount]) -> None:
+    fs = start_fs("--missing", "setattr_size")
+    os.truncate(fs / "data", 123)
+    assert os.stat(fs / "data").st_size == 123
+    (call,) = fs.calls("setattr")
+    assert call["update_size"]
+    assert not fs.calls("setattr_size")
+    assert fs.info()["requests"] == 0
+
+
+def test_setattr_back_to_pyfuse3_after_serve(fs: Mount) -> None:
+    fs.ctl("stop-serve")
+    # serve() gone: size changes are pyfuse3's again, not refused with EIO.
+    os.truncate(fs / "data", 321)
+    assert os.stat(fs / "data").st_size == 321
+    assert [c["update_size"] for c in fs.calls("setattr")] == [True]
+
+
+def test_accepts_ctx() -> None:
+    sys.path.insert(0, str(REPO))
+    from daxfs import fuse_ext
+
+    async def old(ino: int, fh: int, mode: int, off: int, length: int, interrupted: Any) -> None:
+        pass
+
+    async def new(*args: Any, ctx: Any = None) -> None:
+        pass
+
+    async def kw(*args: Any, **extra: Any) -> None:
+        pass
+
+    assert not fuse_ext._accepts_ctx(old)
+    assert fuse_ext._accepts_ctx(new) and fuse_ext._accepts_ctx(kw)
