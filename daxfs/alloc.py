@@ -214,10 +214,11 @@ class BlockAllocator:
         self.pending.append((start, count))
         self.pending_count += count
 
-    def release_pending(self) -> None:
-        """Clear the bits of pending frees.  The caller is building a commit: the
-        cleared bitmap blocks go into the same transaction as the unmapping, and
-        nothing can allocate before it is durable."""
+    def release_pending(self) -> list[tuple[int, int]]:
+        """Clear the bits of pending frees and return the runs.  The caller is building
+        a commit: the cleared bitmap blocks go into the same transaction as the
+        unmapping, and nothing can allocate before it is durable."""
+        released = list(self.pending)
         for start, n in self.pending:
             self.bitmap.clear_range(start, n)
             if self.policy == "reuse-first":
@@ -226,6 +227,7 @@ class BlockAllocator:
             del self.recent[:-4096]
         self.pending.clear()
         self.pending_count = 0
+        return released
 
 
 class InodeAllocator:

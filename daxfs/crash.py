@@ -533,7 +533,7 @@ def crash_test(workdir: str, *, seed: int = 0, nops: int = 60, max_states: int |
     t0 = time.monotonic()
     img = os.path.join(workdir, f"crash-src-{seed}.img")
     tgt = os.path.join(workdir, f"crash-{os.getpid()}-{seed}.img")
-    mkfs(img, size)
+    mkfs(img, size, force=True)
     fs = Filesystem.from_image(img)
     try:
         rec = run_workload(fs, nops, seed, broken=broken)

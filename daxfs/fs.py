@@ -129,6 +129,7 @@ class Filesystem:
         # New metadata blocks whose image is built when they are made (symlink targets).
         self.new_images: dict[int, bytes] = {}
         self.txn_weight = 0
+        self._freed_now: list[tuple[int, int]] = []  # freed by the commit being built
         self.error: str | None = None
 
     # -- lifecycle ---------------------------------------------------------------
@@ -262,6 +263,7 @@ class Filesystem:
             inode.ext_leaves.append(self._alloc_ns())
 
     def _free_meta_now(self, blk: int) -> None:
+        self._freed_now.append((blk, 1))
         # Only used while building a commit: no data can land in the block before
         # the transaction that frees it is durable.
         self.balloc.bitmap.clear_range(blk, 1)
@@ -356,7 +358,13 @@ class Filesystem:
         """Make everything done so far durable, atomically, through the journal."""
         if self.readonly or self.error is not None:
             return
+        self._freed_now = []
         self.journal.commit(self._build_transaction())
+        if self.journal.replays_into(self._freed_now):
+            # Blocks this commit made free for reuse (as data, written in place) still
+            # have old images in the log: checkpoint so no replay can write them.
+            self.journal.checkpoint()
+        self._freed_now = []
         self.txn_weight = 0
         self._evict()
 
@@ -371,7 +379,7 @@ class Filesystem:
         blocks: dict[int, bytes] = {}
         # Frees of this transaction become allocatable now: only metadata written
         # through this same transaction can land in them before it is durable.
-        self.balloc.release_pending()
+        self._freed_now.extend(self.balloc.release_pending())
         for ino in self.dirty_ext:
             inode = self.cache[ino]
             blocks.update(extent_images(inode, self._alloc_meta, self._free_meta_now))

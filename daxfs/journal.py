@@ -41,6 +41,9 @@ class Journal:
         self.head = 0
         self.commits = 0
         self.checkpoints = 0
+        # Home blocks written by transactions since the last checkpoint: replay would
+        # write them again.  (The role of jbd2's revoke records.)
+        self.logged: set[int] = set()
 
     def __repr__(self) -> str:
         return (f"<Journal seq={self.start_seq}..{self.next_seq} head={self.head}/"
@@ -165,6 +168,24 @@ class Journal:
         self.head += need
         self.next_seq += 1
         self.commits += 1
+        self.logged.update(homes)
+
+    def replays_into(self, runs: list[tuple[int, int]]) -> bool:
+        """Would a replay of the current log write into any of these block runs?
+
+        A freed metadata block may be reused for data, which is written in place;
+        if a logged transaction still holds an old image of it, a crash and replay
+        would write that image over the data.  The caller checkpoints first."""
+        logged = self.logged
+        if not logged:
+            return False
+        for start, n in runs:
+            if n > len(logged):
+                if any(start <= h < start + n for h in logged):
+                    return True
+            elif any(b in logged for b in range(start, start + n)):
+                return True
+        return False
 
     def checkpoint(self) -> None:
         """Make all home writes durable and empty the log."""
@@ -177,3 +198,4 @@ class Journal:
         self.start_seq = self.next_seq
         self.head = 0
         self.checkpoints += 1
+        self.logged.clear()
