@@ -9,7 +9,7 @@ APT_PKGS := fuse3 libfuse3-dev pkg-config fio xfsprogs attr git gcc make python3
 MNT ?= $(CURDIR)/mnt
 PYTEST_ARGS ?=
 
-.PHONY: all deps venv run stop test test-quick bench bench-quick lint sanitize crashtest clean
+.PHONY: all deps venv run stop test test-quick bench bench-quick bench-native lint sanitize crashtest clean
 
 all: venv
 
@@ -48,11 +48,20 @@ test: venv
 test-quick: venv
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" $(PYTEST_ARGS) tests
 
+# Peers (tmpfs, libfuse's passthrough_ll, pyfuse3's passthroughfs) and daxfs in one
+# run; figures, ratios, JSON and a chart in bench-results/ (docs/PERFORMANCE.md).
 bench: venv
-	$(PY) bench/native_bench.py
+	$(PY) -m pip install -q -e '.[bench]'
+	bash bench/build_passthrough.sh $(PY)
+	$(PY) bench/harness.py --out bench-results
 
 bench-quick: venv
-	$(PY) bench/native_bench.py --quick
+	$(PY) -m pip install -q -e '.[bench]'
+	bash bench/build_passthrough.sh $(PY)
+	$(PY) bench/harness.py --quick --out bench-results
+
+bench-native: venv
+	$(PY) bench/native_bench.py
 
 lint: venv
 	$(PY) -m ruff check daxfs native tests bench scripts
