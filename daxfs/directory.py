@@ -111,7 +111,9 @@ class Directory:
             self._spacious.discard(idx)
         self.dirty.add(idx)
 
-    def remove(self, name: bytes) -> tuple[int, int, int, int]:
+    def remove(self, name: bytes,
+               free_block: Callable[[int], None] | None = None) -> tuple[int, int, int, int]:
+        """Remove an entry; trailing blocks left empty go back through `free_block`."""
         ent = self.entries.pop(name)
         _, cookie, _, idx = ent
         del self.names[idx][name]
@@ -122,6 +124,16 @@ class Directory:
         if fmt.DIR_CAPACITY - self.used[idx] >= _MAX_ENTRY:
             self._spacious.add(idx)
         self.dirty.add(idx)
+        if free_block is not None:
+            while self.blocks and self.used[-1] == 0:
+                last = len(self.blocks) - 1
+                free_block(self.blocks.pop())
+                self.used.pop()
+                self.names.pop()
+                self._spacious.discard(last)
+                self.dirty.discard(last)
+                if self.blocks:
+                    self.dirty.add(last - 1)  # its next pointer is now 0
         return ent
 
     def replace(self, name: bytes, ino: int, dtype: int) -> None:

@@ -247,6 +247,9 @@ class Filesystem:
         (start, _n), = self.balloc.alloc(1)
         return start
 
+    def _free_dir_block(self, blk: int) -> None:
+        self.balloc.free(blk, 1)
+
     def _alloc_ns(self) -> int:
         """A metadata block for an operation (directory, symlink, xattr, extent leaf)."""
         if not self.balloc.available(META_RESERVE // 2) and self.balloc.pending:
@@ -679,7 +682,7 @@ class Filesystem:
         inode = self.get(ent[0])
         if inode.is_dir():
             raise FsError(errno.EISDIR)
-        d.remove(name)
+        d.remove(name, self._free_dir_block)
         self.dirty_dirs.add(p.ino)
         p.d.mtime = p.d.ctime = fmt.now_ns()
         self._dirty(p)
@@ -702,7 +705,7 @@ class Filesystem:
             raise FsError(errno.ENOTDIR)
         if len(self._directory(inode)):
             raise FsError(errno.ENOTEMPTY)
-        d.remove(name)
+        d.remove(name, self._free_dir_block)
         self.dirty_dirs.add(p.ino)
         p.d.nlink -= 1
         p.d.mtime = p.d.ctime = fmt.now_ns()
@@ -782,7 +785,7 @@ class Filesystem:
                 self._drop_link(dst)
             else:
                 nd.add(new_name, src.ino, dtype_of(src.d.mode), self._alloc_ns)
-            od.remove(old_name)
+            od.remove(old_name, self._free_dir_block)
             if src.is_dir() and op.ino != np_.ino:
                 src.d.parent = np_.ino
                 op.d.nlink -= 1
