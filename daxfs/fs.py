@@ -150,7 +150,9 @@ class Filesystem:
                                  "it can only be mounted read-only")
             fs = cls(dev, sb, opts, hooks)
             fs._mount()
-        except CorruptionError as e:
+        except (CorruptionError, FsError) as e:
+            # FsError here: a structure points at something that is not there (an
+            # orphan list naming a free inode, ...): the image is corrupt.
             dev.close()
             raise ImageError(f"corrupt image: {e}")
         except BaseException:

@@ -38,6 +38,22 @@ def test_replay_never_writes_over_a_reused_block():
     assert run.violations == []
 
 
+def test_orphan_list_naming_a_free_inode_is_refused_in_one_line(tmp_path):
+    """Regression (the long fuzz run): an fsinfo block whose orphan head names a free
+    inode made mount raise FsError(ESTALE) instead of refusing the image."""
+    from daxfs import format as fmt
+    from daxfs.errors import ImageError
+    from daxfs.fs import Filesystem, mkfs
+
+    img = str(tmp_path / "img")
+    sb = mkfs(img, 8 << 20)
+    with open(img, "r+b") as f:
+        f.seek(sb.fsinfo_block * fmt.BLOCK_SIZE)
+        f.write(fmt.pack_fsinfo(77, sb.fsinfo_block))  # inode 77 is free
+    with pytest.raises(ImageError, match="corrupt"):
+        Filesystem.from_image(img)
+
+
 @pytest.mark.parametrize("broken", ["no-data-flush", "no-home-flush"])
 def test_negative_control_broken_writer_is_caught(broken):
     """A writer that skips a required flush must produce violations."""
