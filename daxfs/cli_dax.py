@@ -11,11 +11,25 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from . import runtime
 from .client import Client, ControlError, errname, split_path
 
+
+def _events(c: Any, hold: float | None) -> Iterator[dict[str, Any]]:
+    """Events from the daemon until `hold` seconds have passed (forever if None) or
+    the connection ends."""
+    deadline = None if hold is None else time.monotonic() + hold
+    while True:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            return
+        ev = c.wait_event(left)
+        if ev is None:
+            return
+        yield ev
 
 def _out(msg: str) -> None:
     print(msg, flush=True)
@@ -62,14 +76,7 @@ def cmd_pin(args: argparse.Namespace) -> int:
         mr = r["mr"]
         _out(f"registered mr={mr} lease={lease} pages={r['pages']} odp={int(args.odp)} "
              f"pid={os.getpid()}")
-        deadline = None if args.hold is None else time.monotonic() + args.hold
-        while True:
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                break
-            ev = c.wait_event(left)
-            if ev is None:
-                break
+        for ev in _events(c, args.hold):
             kind = ev.get("event")
             if kind == "lease_break":
                 _out(f"lease_break lease={ev['lease']} what={ev.get('what')!r}")
@@ -202,14 +209,7 @@ def cmd_lease(args: argparse.Namespace) -> int:
                 _out("own truncate: ok")
             except ControlError as e:
                 _out(f"own truncate: failed {_err(e)}")
-        deadline = None if args.hold is None else time.monotonic() + args.hold
-        while True:
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                break
-            ev = c.wait_event(left)
-            if ev is None:
-                break
+        for ev in _events(c, args.hold):
             _out(f"{ev['event']} {json.dumps({k: v for k, v in ev.items() if k != 'event'})}")
             if ev["event"] == "lease_break" and not args.ignore_breaks:
                 break

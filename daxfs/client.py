@@ -132,29 +132,30 @@ class _Ops:
     def deregister(self, mr: int) -> Any:
         return self._call("deregister", mr=mr)
 
-    def post(self, mr: int, kind: str, offset: int, length: int, *, data: bytes | None = None,
-             pattern: int | None = None, shm_fd: int | None = None, shm_offset: int = 0,
-             delay: float = 0) -> Any:
-        kw: dict[str, Any] = {"mr": mr, "kind": kind, "offset": offset, "length": length,
+    def _transfer(self, op: str, target: dict[str, Any], kind: str, offset: int,
+                  length: int, data: bytes | None, pattern: int | None, shm_fd: int | None,
+                  shm_offset: int, delay: float) -> Any:
+        """post and dma share their payload: inline data, a pattern or a shm buffer."""
+        kw: dict[str, Any] = {**target, "kind": kind, "offset": offset, "length": length,
                               "pattern": pattern, "delay": delay, "data": data}
         _data_field(kw)
         fds: tuple[int, ...] = ()
         if shm_fd is not None:
             kw.update(shm=True, shm_offset=shm_offset)
             fds = (shm_fd,)
-        return self._call("post", fds, **kw)
+        return self._call(op, fds, **kw)
+
+    def post(self, mr: int, kind: str, offset: int, length: int, *, data: bytes | None = None,
+             pattern: int | None = None, shm_fd: int | None = None, shm_offset: int = 0,
+             delay: float = 0) -> Any:
+        return self._transfer("post", {"mr": mr}, kind, offset, length, data, pattern,
+                              shm_fd, shm_offset, delay)
 
     def dma(self, path: str, kind: str, offset: int, length: int, *,
             data: bytes | None = None, pattern: int | None = None,
             shm_fd: int | None = None, shm_offset: int = 0, delay: float = 0) -> Any:
-        kw: dict[str, Any] = {"path": path, "kind": kind, "offset": offset, "length": length,
-                              "pattern": pattern, "delay": delay, "data": data}
-        _data_field(kw)
-        fds: tuple[int, ...] = ()
-        if shm_fd is not None:
-            kw.update(shm=True, shm_offset=shm_offset)
-            fds = (shm_fd,)
-        return self._call("dma", fds, **kw)
+        return self._transfer("dma", {"path": path}, kind, offset, length, data, pattern,
+                              shm_fd, shm_offset, delay)
 
     def dio(self, path: str, fd: int, offset: int, length: int, *,
             direction: str = "to_file", fd_offset: int = 0, delay: float = 0) -> Any:
