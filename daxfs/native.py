@@ -44,7 +44,7 @@ except ImportError as exc:  # pragma: no cover - depends on the install
     ) from exc
 
 #: The C core interface version this module speaks (native/daxfs_core.h).
-EXPECTED_CORE_VERSION: Final = 1
+EXPECTED_CORE_VERSION: Final = 2
 
 
 def _core_version() -> int:
@@ -363,6 +363,7 @@ class Core:
         self.base = base
         self._waiters: weakref.WeakSet[Waiter] = weakref.WeakSet()
         self._coll_seq = 0
+        self._stamp_buf = _ffi.new("struct daxfs_fast_stamp[]", 256)
         self.dma = DMAEngine(self)
 
     @property
@@ -547,6 +548,89 @@ class Core:
         """Block until the range is unpinned (True) or timeout (False)."""
         with Waiter(self, ino, index, count) as w:
             return w.wait_blocking(timeout)
+
+    # ---- fast data path (see native/fastpath.c)
+
+    @property
+    def address(self) -> int:
+        """The core pointer, for another native module (fuseext) to call into."""
+        return int(_ffi.cast("uintptr_t", self._p))
+
+    @staticmethod
+    def fast_entry_points() -> dict[str, int]:
+        """Addresses of the data-path functions, for fuseext's reader threads."""
+        return {name: int(_ffi.cast("uintptr_t", _ffi.addressof(_lib, name)))
+                for name in ("daxfs_fast_read_begin", "daxfs_fast_read_end",
+                             "daxfs_fast_write")}
+
+    def fast_publish(self, ino: int, size: int, atime_next: int) -> None:
+        _check(_lib.daxfs_fast_publish(self._p, ino, size, atime_next), "fast_publish")
+
+    def fast_set_size(self, ino: int, size: int) -> bool:
+        """False if ino has no core inode (so nothing is published)."""
+        return _lib.daxfs_fast_set_size(self._p, ino, size) == 0
+
+    def fast_set_atime_next(self, ino: int, atime_next: int) -> bool:
+        return _lib.daxfs_fast_set_atime_next(self._p, ino, atime_next) == 0
+
+    def fast_unpublish(self, ino: int) -> None:
+        _lib.daxfs_fast_unpublish(self._p, ino)
+
+    def fast_published(self, ino: int) -> bool:
+        return bool(_lib.daxfs_fast_published(self._p, ino))
+
+    def fast_set_writable(self, on: bool) -> None:
+        _lib.daxfs_fast_set_writable(self._p, int(on))
+
+    def fast_pending(self) -> int:
+        return int(_lib.daxfs_fast_pending(self._p))
+
+    def fast_drain(self) -> list[tuple[int, int, int]]:
+        """(ino, wtime, rtime) stamps the fast path left; 0 = no such stamp."""
+        out: list[tuple[int, int, int]] = []
+        if not _lib.daxfs_fast_pending(self._p):
+            return out
+        buf = self._stamp_buf
+        while True:
+            n = int(_lib.daxfs_fast_drain(self._p, buf, len(buf)))
+            out.extend((int(buf[i].ino), int(buf[i].wtime), int(buf[i].rtime))
+                       for i in range(n))
+            if not _lib.daxfs_fast_pending(self._p):
+                return out
+
+    def fast_read(self, ino: int, off: int, length: int) -> bytes | None:
+        """Serve a read the way fuseext's threads do (tests); None = slow path."""
+        rd = _ffi.new("struct daxfs_fast_read *")
+        n = int(_lib.daxfs_fast_read_begin(self._p, ino, off, length, rd))
+        if n < 0:
+            return None
+        try:
+            out = bytearray()
+            for i in range(rd.nsegs):
+                seg = rd.segs[i]
+                if seg.dev_off == _lib.DAXFS_FAST_ZEROS:
+                    out += bytes(seg.len)
+                else:
+                    out += _ffi.buffer(_ffi.cast("char *", self.base + seg.dev_off), seg.len)
+            return bytes(out)
+        finally:
+            _lib.daxfs_fast_read_end(self._p, rd)
+
+    def fast_read_pinned(self, ino: int, off: int, length: int) -> Any:
+        """Begin a fast read and keep its pins (tests: a copy in progress).
+        Returns the handle for :meth:`fast_read_end`, or None (slow path)."""
+        rd = _ffi.new("struct daxfs_fast_read *")
+        if _lib.daxfs_fast_read_begin(self._p, ino, off, length, rd) < 0:
+            return None
+        return rd
+
+    def fast_read_end(self, rd: Any) -> None:
+        _lib.daxfs_fast_read_end(self._p, rd)
+
+    def fast_write(self, ino: int, off: int, data: bytes) -> int | None:
+        """Serve an overwrite the way fuseext's threads do; None = slow path."""
+        n = int(_lib.daxfs_fast_write(self._p, ino, off, _ffi.from_buffer(data), len(data)))
+        return None if n < 0 else n
 
     # ---- collisions and statistics
 

@@ -34,6 +34,7 @@ SOURCES = [
     "native/pfn_map.c",
     "native/waiters.c",
     "native/dma.c",
+    "native/fastpath.c",
 ]
 CFLAGS = ["-O2", "-Wall", "-Wextra", "-std=gnu11"]
 

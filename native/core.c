@@ -30,7 +30,7 @@ int daxfs_core_new(uintptr_t base, uint64_t npages, uint32_t dma_threads,
     c->npages = npages;
     c->dma.efd = -1;
     if ((r = pt_init(c)) < 0 || (r = pm_init(c)) < 0 ||
-        (r = dma_init(c, dma_threads)) < 0) {
+        (r = fast_init(c)) < 0 || (r = dma_init(c, dma_threads)) < 0) {
         daxfs_core_free(c);
         return r;
     }
@@ -43,6 +43,7 @@ void daxfs_core_free(daxfs_core *c)
     if (!c)
         return;
     dma_destroy(c);     /* joins the workers: nothing runs after this */
+    fast_destroy(c);
     pm_destroy(c);
     pt_destroy(c);
     free(c);
@@ -78,4 +79,10 @@ void daxfs_core_stats(daxfs_core *c, struct daxfs_stats *s)
     s->dma_running = atomic_load(&d->nrunning);
     s->dma_pinned_pages = atomic_load(&d->pinned_pages);
     s->dma_global_delay_ns = atomic_load(&d->delay_ns);
+    s->fast_reads = atomic_load(&c->fast.reads);
+    s->fast_writes = atomic_load(&c->fast.writes);
+    s->fast_read_bytes = atomic_load(&c->fast.read_bytes);
+    s->fast_write_bytes = atomic_load(&c->fast.write_bytes);
+    s->fast_fallbacks = atomic_load(&c->fast.fallbacks);
+    s->fast_pending = atomic_load(&c->fast.pending);
 }

@@ -69,6 +69,15 @@ struct dx_inode {
     struct dx_block *blocks;        /* active layout-break blocks */
     uint64_t nblocks, cap_blocks;
     struct daxfs_waiter *waiters;   /* registered waiters (list) */
+
+    /* Fast data path (fastpath.c).  Atomics: the fast path reads them under
+     * inode->lock held for reading, Python's updates are single stores. */
+    _Atomic uint32_t published;     /* Python vouches: the map is complete */
+    _Atomic uint32_t queued;        /* on core->fast.dirty, not drained */
+    _Atomic uint64_t size;          /* file size in bytes */
+    _Atomic int64_t wtime;          /* last fast write (ns), 0 = none */
+    _Atomic int64_t rtime;          /* last fast read due an atime, 0 = none */
+    _Atomic int64_t atime_next;     /* a read at or after this needs atime */
 };
 
 /* ---- waiters ---- */
@@ -122,6 +131,17 @@ struct dx_dma {
     _Atomic uint64_t queued, nrunning, pinned_pages;
 };
 
+/* ---- fast path ---- */
+
+struct dx_fast {
+    pthread_mutex_t lock;       /* protects dirty[] */
+    uint64_t *dirty;            /* inodes with stamps Python has not seen */
+    uint64_t ndirty, cap;
+    _Atomic uint64_t pending;   /* == ndirty, readable without the lock */
+    _Atomic uint32_t writable;  /* fast writes allowed (mount is rw) */
+    _Atomic uint64_t reads, writes, read_bytes, write_bytes, fallbacks;
+};
+
 /* ---- collisions ---- */
 
 #define COLL_RING 1024
@@ -153,6 +173,7 @@ struct daxfs_core {
     _Atomic uint64_t late_unpins;
 
     struct dx_dma dma;
+    struct dx_fast fast;
 };
 
 /* Abort loudly on a broken invariant (never for a caller error). */
@@ -199,6 +220,8 @@ struct dx_inode *pm_get(struct daxfs_core *c, uint64_t ino, bool create,
 void pm_put(struct daxfs_core *c);
 int64_t pm_first_busy_locked(struct daxfs_core *c, struct dx_inode *in,
                              uint64_t index, uint64_t count);
+uint64_t pm_ext_find(const struct dx_inode *in, uint64_t index);
+bool pm_blocked_locked(const struct dx_inode *in, uint64_t index, uint64_t count);
 int64_t pm_pin_file_runs(struct daxfs_core *c, uint64_t ino, uint64_t index,
                          uint64_t count, struct daxfs_run **runs,
                          uint64_t *nruns);
@@ -209,6 +232,10 @@ void waiters_check_locked(struct daxfs_core *c, struct dx_inode *in,
 void waiters_check(struct daxfs_core *c, uint64_t ino, uint64_t index,
                    uint64_t count);
 void waiters_detach_all(struct daxfs_core *c, struct dx_inode *in);
+
+/* fastpath.c */
+int fast_init(struct daxfs_core *c);
+void fast_destroy(struct daxfs_core *c);
 
 /* dma.c */
 int dma_init(struct daxfs_core *c, uint32_t nthreads);

@@ -48,7 +48,7 @@
 
 /* Bump on any change of this interface or of behaviour the Python side
  * relies on; daxfs/native.py refuses a core of another version. */
-#define DAXFS_CORE_VERSION 1
+#define DAXFS_CORE_VERSION 2
 
 #define DAXFS_PAGE_SIZE 4096
 /* File page indexes are stored in 32 bits in the page table (the same
@@ -154,6 +154,37 @@ struct daxfs_stats {
     uint64_t dma_running;       /* in a worker now */
     uint64_t dma_pinned_pages;  /* page pins held by descriptors now */
     uint64_t dma_global_delay_ns;
+    uint64_t fast_reads;        /* requests served by the fast path */
+    uint64_t fast_writes;
+    uint64_t fast_read_bytes;
+    uint64_t fast_write_bytes;
+    uint64_t fast_fallbacks;    /* handed back (-EAGAIN) to the slow path */
+    uint64_t fast_pending;      /* inodes with stamps not yet drained */
+};
+
+/* One piece of a fast read: dev_off into the pmem mapping, or
+ * DAXFS_FAST_ZEROS for a hole (the reader supplies zeros). */
+#define DAXFS_FAST_ZEROS 0xFFFFFFFFFFFFFFFF
+#define DAXFS_FAST_MAX_SEGS 32
+
+struct daxfs_fast_seg {
+    uint64_t dev_off;
+    uint64_t len;
+};
+
+/* What a fast read pinned; give it back to daxfs_fast_read_end(). */
+struct daxfs_fast_read {
+    uint64_t nsegs;
+    struct daxfs_fast_seg segs[DAXFS_FAST_MAX_SEGS];
+    uint64_t nruns;
+    struct daxfs_run runs[DAXFS_FAST_MAX_SEGS];
+};
+
+/* Timestamps the fast path left for the filesystem to fold in. */
+struct daxfs_fast_stamp {
+    uint64_t ino;
+    int64_t wtime;      /* last fast write, CLOCK_REALTIME ns; 0 = none */
+    int64_t rtime;      /* last fast read that was due an atime; 0 = none */
 };
 
 uint32_t daxfs_core_version(void);
@@ -294,6 +325,48 @@ void daxfs_pattern_fill(void *buf, uint64_t len, uint64_t seed, uint64_t start);
 /* First mismatching byte offset (relative to buf), or -1. */
 int64_t daxfs_pattern_check(const void *buf, uint64_t len, uint64_t seed,
                             uint64_t start);
+
+/* ---- fast data path (fastpath.c) ----
+ *
+ * Reads, and overwrites inside the file size of already mapped pages, served
+ * from C threads without Python: the filesystem publishes an inode (its
+ * complete pfn map is in the core, its size is known), and keeps the size
+ * current.  Pages are pinned for the copy exactly like a DMA, so a truncate
+ * or punch (block_range + wait for pins) never frees a page under a copy.
+ * A request the fast path cannot serve returns -EAGAIN, nothing done, and
+ * goes to the slow path.  Timestamps are left as stamps for the filesystem
+ * to fold in (daxfs_fast_drain), so getattr / fsync stay exact. */
+
+/* Publish ino with its size; atime_next: a read at or after this time
+ * (CLOCK_REALTIME ns) needs an atime update (INT64_MAX: never, e.g. ro).
+ * The caller guarantees the pfn map of ino is complete while published. */
+int daxfs_fast_publish(daxfs_core *c, uint64_t ino, uint64_t size,
+                       int64_t atime_next);
+/* -ENOENT if ino has no core inode (nothing published). */
+int daxfs_fast_set_size(daxfs_core *c, uint64_t ino, uint64_t size);
+int daxfs_fast_set_atime_next(daxfs_core *c, uint64_t ino, int64_t atime_next);
+int daxfs_fast_unpublish(daxfs_core *c, uint64_t ino);
+/* 1 if ino is published (tests and status). */
+int daxfs_fast_published(daxfs_core *c, uint64_t ino);
+/* Allow fast writes (a read-only mount, or one gone read-only, does not). */
+void daxfs_fast_set_writable(daxfs_core *c, int on);
+/* Number of inodes with stamps not yet drained: one atomic load. */
+uint64_t daxfs_fast_pending(daxfs_core *c);
+/* Move up to max stamps (clearing them) to out; returns the number. */
+int64_t daxfs_fast_drain(daxfs_core *c, struct daxfs_fast_stamp *out,
+                         uint64_t max);
+
+/* Read [off, off+len) of ino: pins the mapped pages, fills rd with the
+ * pieces (clipped at the file size), returns the byte count (0 at or past
+ * EOF), or -EAGAIN (not published, blocked, too fragmented: slow path).
+ * The pages stay pinned until daxfs_fast_read_end(rd). */
+int64_t daxfs_fast_read_begin(daxfs_core *c, uint64_t ino, uint64_t off,
+                              uint64_t len, struct daxfs_fast_read *rd);
+void daxfs_fast_read_end(daxfs_core *c, struct daxfs_fast_read *rd);
+/* Overwrite [off, off+len) of ino with src: all of it must be mapped and
+ * inside the size.  Returns len, or -EAGAIN (slow path, nothing written). */
+int64_t daxfs_fast_write(daxfs_core *c, uint64_t ino, uint64_t off,
+                         const void *src, uint64_t len);
 
 /* CDEF-END */
 

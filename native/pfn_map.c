@@ -681,6 +681,17 @@ int64_t daxfs_get_extents(daxfs_core *c, uint64_t ino, uint64_t index,
     return (int64_t)n;
 }
 
+/* For fastpath.c, which walks the map itself (holes are data there). */
+uint64_t pm_ext_find(const struct dx_inode *in, uint64_t index)
+{
+    return ext_find(in, index);
+}
+
+bool pm_blocked_locked(const struct dx_inode *in, uint64_t index, uint64_t count)
+{
+    return blocked_locked(in, index, count);
+}
+
 /* ---- layout-break blocks ---- */
 
 int daxfs_block_range(daxfs_core *c, uint64_t ino, uint64_t index,

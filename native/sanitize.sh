@@ -19,7 +19,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PYTHON=${PYTHON:-python3}
 CC=${CC:-gcc}
 OUT=${OUT:-$ROOT/build/sanitize}
-SRCS="core.c page_table.c pfn_map.c waiters.c dma.c"
+SRCS="core.c page_table.c pfn_map.c waiters.c dma.c fastpath.c"
 CFLAGS="-O1 -g -std=gnu11 -Wall -Wextra -Werror -fno-omit-frame-pointer"
 PYTESTS="test_page_table.py test_pfn_map.py test_waiters.py test_contention.py test_dma.py"
 
