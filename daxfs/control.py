@@ -138,6 +138,18 @@ class _Slot:
     comp: Completion | None = None
 
 
+def _fuse_info() -> dict[str, int]:
+    """The FUSE extension's counters (reader threads, fast/slow requests), if loaded."""
+    from . import fuse_ext
+
+    if not fuse_ext.installed():
+        return {}
+    info = fuse_ext.info()
+    keys = ("reader_threads", "fast_reads", "fast_writes", "slow_requests", "requests",
+            "interrupts", "init_patched", "sent_max_pages")
+    return {k: info[k] for k in keys}
+
+
 class ControlServer:
     def __init__(self, fs: Any, core: Core, layouts: LayoutManager, path: str, *,
                  dax_always: bool = True, limits: Limits | None = None) -> None:
@@ -523,6 +535,7 @@ class ControlServer:
                          "age": round(time.monotonic() - x.connected, 3)}
                         for x in self.clients.values()],
             "statfs": vars(self.fs.statfs()),
+            "fuse": _fuse_info(),
         })
         return st
 

@@ -39,6 +39,7 @@ class DaemonOptions:
     commit_interval: float = 5.0
     lease_break_time: float = 45.0
     unsafe_free_pinned: bool = False
+    fast_threads: int = 2
     fuse: list[str] = field(default_factory=list)
 
 
@@ -71,6 +72,13 @@ def parse_options(opts: str | None) -> DaemonOptions:
                 out.lease_break_time = float(val)
             except ValueError:
                 raise OptionError(f"lease_break_time={val}: expected seconds")
+        elif key == "fast_threads":
+            try:
+                out.fast_threads = int(val)
+            except ValueError:
+                raise OptionError(f"fast_threads={val}: expected a number of threads")
+            if not 0 <= out.fast_threads <= 16:
+                raise OptionError("fast_threads= must be 0..16")
         elif key == "unsafe_free_pinned":
             out.unsafe_free_pinned = True
         elif key == "ro":
@@ -169,6 +177,9 @@ def serve(image: str, mountpoint: str, opts: DaemonOptions, *, ready_fd: int | N
         core.close()
         report(f"cannot create the control socket: {e}")
         return 1
+    if have_ext:
+        # C threads serve reads and in-place overwrites; pyfuse3 the rest.
+        fuse_ext.configure_fast(core, opts.fast_threads)
     fuse_options = set(pyfuse3.default_options)
     fuse_options |= {f"fsname={os.path.abspath(image)}", "subtype=daxfs", *opts.fuse}
     try:
@@ -182,8 +193,9 @@ def serve(image: str, mountpoint: str, opts: DaemonOptions, *, ready_fd: int | N
         "mountpoint": mountpoint, "log": logfile, "dax": opts.dax,
         "socket": str(runtime.socket_path(mountpoint, resolved=True)),
     }, resolved=True)
-    log.info("mounted %s on %s (dax=%s, alloc=%s)", image, mountpoint, opts.dax,
-             fs.balloc.policy)
+    log.info("mounted %s on %s (dax=%s, alloc=%s, fast_threads=%d)", image, mountpoint,
+             opts.dax, fs.balloc.policy,
+             fuse_ext.info()["reader_threads"] if have_ext else 0)
     report("OK")
 
     async def main() -> None:
@@ -216,6 +228,8 @@ def serve(image: str, mountpoint: str, opts: DaemonOptions, *, ready_fd: int | N
         except Exception:
             log.exception("pyfuse3.close")
         try:
+            if have_ext:
+                fuse_ext.stop_fast()  # no reader may touch the core once it is gone
             core.dma.shutdown()  # no DMA may touch the mapping once it is gone
             fs.close()
             core.close()
@@ -232,6 +246,7 @@ async def _commit_timer(fs: Filesystem, interval: float) -> None:
 
     while True:
         await trio.sleep(interval)  # periodic commit, like ext4's commit=5; not a poll
+        fs.sync_fast()
         if fs.dirty or fs.data_dirty or fs.dirty_dirs or fs.dirty_ext or fs.dirty_xattr:
             fs.commit()
 

@@ -54,6 +54,7 @@ FALLOC_FL_ZERO_RANGE = 0x10
 SEEK_DATA = 3
 SEEK_HOLE = 4
 _DAY_NS = 86400 * 10**9
+_NEVER = 2**63 - 1  # an atime_next no read reaches (read-only mounts)
 _XATTR_NAMESPACES = (b"user.", b"trusted.", b"security.")
 # Blocks kept back from data and namespace allocations for the metadata a commit
 # itself may need (extent leaves, xattr blocks).
@@ -70,8 +71,20 @@ class LayoutHooks(Protocol):
     def unmapped(self, ino: int, lblk: int, pblk: int, count: int) -> None: ...
     def dropped(self, ino: int) -> None: ...
 
+    # The fast data path (native/fastpath.c): serves reads and in-place
+    # overwrites of published inodes and leaves timestamps as stamps.
+    fast: bool
+
+    def publish(self, ino: int, size: int, atime_next: int) -> None: ...
+    def resized(self, ino: int, size: int) -> None: ...
+    def atime_next(self, ino: int, when: int) -> None: ...
+    def writable(self, on: bool) -> None: ...
+    def stamps(self) -> list[tuple[int, int, int]]: ...
+
 
 class NullHooks:
+    fast = False
+
     def mapped(self, ino: int, lblk: int, pblk: int, count: int) -> None:
         pass
 
@@ -80,6 +93,21 @@ class NullHooks:
 
     def dropped(self, ino: int) -> None:
         pass
+
+    def publish(self, ino: int, size: int, atime_next: int) -> None:
+        pass
+
+    def resized(self, ino: int, size: int) -> None:
+        pass
+
+    def atime_next(self, ino: int, when: int) -> None:
+        pass
+
+    def writable(self, on: bool) -> None:
+        pass
+
+    def stamps(self) -> list[tuple[int, int, int]]:
+        return []
 
 
 @dataclass
@@ -190,9 +218,11 @@ class Filesystem:
         map already in memory."""
         self.hooks = hooks
         for inode in self.cache.values():
+            inode.published = False
             if inode.ext is not None:
                 for lblk, pblk, count in inode.ext.runs():
                     hooks.mapped(inode.ino, lblk, pblk, count)
+        hooks.writable(not self.readonly)
 
     @staticmethod
     def _state_of(dev: PmemDevice) -> int:
@@ -223,6 +253,7 @@ class Filesystem:
                       why)
             self.error = why
             self.readonly = True
+            self.hooks.writable(False)
             try:
                 self._set_state(fmt.STATE_NEEDS_FSCK)
             except OSError:
@@ -293,6 +324,54 @@ class Filesystem:
         if inode.ino not in self.dirty:
             self.dirty.add(inode.ino)
             self.txn_weight += 1
+        if inode.published:
+            # Its times changed: relatime may now want the next read's atime.
+            self.hooks.atime_next(inode.ino, 0)
+
+    def _set_size(self, inode: Inode, size: int) -> None:
+        """The one place a regular file's size changes (the fast path must know)."""
+        inode.d.size = size
+        if inode.published:
+            self.hooks.resized(inode.ino, size)
+
+    def _atime_next(self, inode: Inode) -> int:
+        """When a read next needs an atime update (relatime), for the fast path."""
+        if self.readonly:
+            return _NEVER
+        d = inode.d
+        if d.atime <= d.mtime or d.atime <= d.ctime:
+            return 0
+        return d.atime + _DAY_NS
+
+    def _publish(self, inode: Inode) -> None:
+        """Hand a regular file to the fast data path: its whole pfn map is in the
+        core from here on (extents are loaded), and its size is kept current."""
+        if self.hooks.fast and inode.is_reg() and not inode.published:
+            self._extents(inode)
+            inode.published = True
+            self.hooks.publish(inode.ino, inode.d.size, self._atime_next(inode))
+
+    def sync_fast(self) -> None:
+        """Fold in the timestamps the fast path left: every request and every
+        commit starts here, so getattr, fsync and the journal see each write that
+        completed."""
+        for ino, wtime, rtime in self.hooks.stamps():
+            inode = self.cache.get(ino)
+            if inode is None or not inode.published:
+                continue
+            d = inode.d
+            changed = False
+            if wtime:
+                d.mtime = d.ctime = wtime
+                self.data_dirty.add(ino)
+                changed = True
+            if rtime and not self.readonly and (
+                    d.atime <= d.mtime or d.atime <= d.ctime or rtime - d.atime > _DAY_NS):
+                d.atime = rtime
+                changed = True
+            if changed:
+                self._dirty(inode)
+            self.hooks.atime_next(ino, self._atime_next(inode))
 
     def _extents(self, inode: Inode) -> ExtentMap:
         if inode.ext is None:
@@ -376,6 +455,7 @@ class Filesystem:
     def _build_transaction(self) -> dict[int, bytes]:
         """Flush dirty data, then serialize every dirty metadata object into sealed
         block images (home block number -> image)."""
+        self.sync_fast()
         for ino in self.data_dirty:
             inode = self.cache.get(ino)
             if inode is not None:
@@ -489,7 +569,7 @@ class Filesystem:
         if inode.is_reg():
             em = self._extents(inode)
             self._unmap(inode, 0, em.end())
-            inode.d.size = 0
+            self._set_size(inode, 0)
         if inode.is_dir():
             d = self._directory(inode)
             for blk in d.blocks:
@@ -871,12 +951,12 @@ class Filesystem:
                 if pblk != HOLE:
                     self.ops.memset(pblk * BS + size % BS, 0, BS - size % BS)
                     self.ops.flush(pblk * BS + size % BS, BS - size % BS)
-            d.size = size
+            self._set_size(inode, size)
             self._dirty(inode)
             if freed:
                 self.commit()  # freed blocks become reusable right away
             return
-        d.size = size
+        self._set_size(inode, size)
         self._dirty(inode)
 
     def statfs(self) -> StatFs:
@@ -901,6 +981,7 @@ class Filesystem:
             inode.d.mtime = inode.d.ctime = fmt.now_ns()
             self._dirty(inode)
         inode.opens += 1
+        self._publish(inode)
         return inode
 
     def release(self, ino: int) -> None:
@@ -1027,7 +1108,7 @@ class Filesystem:
             pos += ln
         d = inode.d
         if off + n > d.size:
-            d.size = off + n
+            self._set_size(inode, off + n)
         d.mtime = d.ctime = fmt.now_ns()  # suid/sgid are killed by the kernel's setattr
         self._dirty(inode)
         self.data_dirty.add(inode.ino)
@@ -1091,11 +1172,11 @@ class Filesystem:
             self._punch(inode, off, end)
             self._map_new(inode, off // BS, -(-end // BS) - off // BS, zero_ranges=True)
             if not mode & FALLOC_FL_KEEP_SIZE and end > d.size:
-                d.size = end
+                self._set_size(inode, end)
         else:
             self._map_new(inode, off // BS, -(-end // BS) - off // BS, zero_ranges=True)
             if not mode & FALLOC_FL_KEEP_SIZE and end > d.size:
-                d.size = end
+                self._set_size(inode, end)
         d.mtime = d.ctime = fmt.now_ns()
         self._dirty(inode)
         self.data_dirty.add(inode.ino)

@@ -205,6 +205,31 @@ def configure(*, direct_io_allow_mmap: bool = True, max_pages: int | None = None
     _lib.fuseext_configure(_config["direct_io_allow_mmap"], _config["max_pages"])
 
 
+def configure_fast(core: Any | None, threads: int = 2) -> None:
+    """Serve reads and in-place overwrites from C reader threads over ``core``'s
+    fast path (a `daxfs.native.Core`, None = off); effective at the next mount.
+
+    ``threads`` readers own /dev/fuse; everything they do not serve goes on to
+    pyfuse3 as before.  The core must outlive the session (or `stop_fast`)."""
+    install()
+    if core is None or threads <= 0:
+        r = _lib.fuseext_fast_configure(0, 0, 0, 0, 0, 0)
+    else:
+        fns = core.fast_entry_points()
+        r = _lib.fuseext_fast_configure(core.address, core.base,
+                                        fns["daxfs_fast_read_begin"],
+                                        fns["daxfs_fast_read_end"],
+                                        fns["daxfs_fast_write"], threads)
+    if r < 0:
+        raise OSError(-r, f"fuseext_fast_configure: {os.strerror(-r)}")
+
+
+def stop_fast() -> None:
+    """Join the reader threads now (before the core they use is freed)."""
+    if _lib is not None:
+        _lib.fuseext_fast_stop()
+
+
 def info() -> dict[str, int]:
     """State of the interposition and of the INIT handshake (see fuseext.h)."""
     ffi, lib = _require()

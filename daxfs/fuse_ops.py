@@ -36,6 +36,7 @@ def _translate(fn: F) -> F:
     @functools.wraps(fn)
     async def wrapper(self: Operations, *args: Any, **kw: Any) -> Any:
         try:
+            self.fs.sync_fast()  # times of fast-path writes, before anything else
             return await fn(self, *args, **kw)
         except FsError as e:
             raise pyfuse3.FUSEError(e.errno) from None
@@ -419,6 +420,7 @@ class ExtOperations:
     @contextmanager
     def _errors(self) -> Iterator[None]:
         try:
+            self.fs.sync_fast()
             yield
         except CorruptionError as e:
             self.fs.mark_corrupt(str(e))

@@ -19,7 +19,7 @@ class Inode:
     an inode with nlink 0 is freed when both reach 0."""
 
     __slots__ = ("ino", "d", "ext", "ext_leaves", "xattrs", "xattr_blocks", "dir",
-                 "symlink", "lookups", "opens", "__weakref__")
+                 "symlink", "lookups", "opens", "published", "__weakref__")
 
     def __init__(self, ino: int, d: fmt.DiskInode) -> None:
         self.ino = ino
@@ -32,6 +32,8 @@ class Inode:
         self.symlink: bytes | None = None
         self.lookups = 0
         self.opens = 0
+        # Its size and complete pfn map are in the core: the fast path serves it.
+        self.published = False
 
     def __repr__(self) -> str:
         return (f"<Inode {self.ino} mode={self.d.mode:o} nlink={self.d.nlink} "

@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 class CoreHooks:
     """`fs.LayoutHooks` over a native `Core`."""
 
+    fast = True
+
     def __init__(self, core: Core) -> None:
         self.core = core
 
@@ -34,3 +36,18 @@ class CoreHooks:
 
     def dropped(self, ino: int) -> None:
         self.core.drop_inode(ino)
+
+    def publish(self, ino: int, size: int, atime_next: int) -> None:
+        self.core.fast_publish(ino, size, atime_next)
+
+    def resized(self, ino: int, size: int) -> None:
+        self.core.fast_set_size(ino, size)
+
+    def atime_next(self, ino: int, when: int) -> None:
+        self.core.fast_set_atime_next(ino, when)
+
+    def writable(self, on: bool) -> None:
+        self.core.fast_set_writable(on)
+
+    def stamps(self) -> list[tuple[int, int, int]]:
+        return self.core.fast_drain()

@@ -45,7 +45,10 @@
 
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -56,6 +59,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "daxfs_core.h"   /* the fast path's types; called through pointers */
 #include "fuseext.h"
 
 #define EXPORT __attribute__((visibility("default")))
@@ -132,7 +136,37 @@ _Static_assert(offsetof(struct wire_init_out, max_pages) == 28, "fuse_init_out l
 _Static_assert(offsetof(struct wire_init_out, flags2) == 32, "fuse_init_out layout");
 _Static_assert(sizeof(struct wire_init_out) == 64, "fuse_init_out layout");
 
-#define WIRE_FUSE_INIT 26                     /* opcode */
+struct wire_read_in {
+    uint64_t fh;
+    uint64_t offset;
+    uint32_t size;
+    uint32_t read_flags;
+    uint64_t lock_owner;
+    uint32_t flags;
+    uint32_t padding;
+};
+
+struct wire_write_in {
+    uint64_t fh;
+    uint64_t offset;
+    uint32_t size;
+    uint32_t write_flags;
+    uint64_t lock_owner;
+    uint32_t flags;
+    uint32_t padding;
+};
+
+struct wire_write_out {
+    uint32_t size;
+    uint32_t padding;
+};
+
+_Static_assert(sizeof(struct wire_read_in) == 40, "fuse_read_in layout");
+_Static_assert(sizeof(struct wire_write_in) == 40, "fuse_write_in layout");
+
+#define WIRE_FUSE_READ 15                     /* opcodes */
+#define WIRE_FUSE_WRITE 16
+#define WIRE_FUSE_INIT 26
 #define WIRE_MAX_PAGES (1ULL << 22)           /* 7.28: max_pages is valid */
 #define WIRE_INIT_EXT (1ULL << 30)            /* 7.36: flags2 is valid */
 #define WIRE_DIRECT_IO_ALLOW_MMAP (1ULL << 36) /* 7.39 (was DIRECT_IO_RELAX):
@@ -185,11 +219,38 @@ static struct {
     int init_pending;           /* INIT seen, reply not yet written */
     uint64_t init_unique;
     struct fuseext_info info;
+
+    /* Reader threads (see "Reader threads" below).  devfd is the /dev/fuse
+     * fd; while the threads run, the session's fd is qfd instead. */
+    int devfd;
+    int qfd;                    /* eventfd: slow requests queued */
+    struct slowreq *qhead, *qtail;  /* under g.lock */
+    int dev_gone;               /* a reader saw ENODEV (under g.lock) */
+    int cfg_threads;
+    int nthreads;
+    pthread_t threads[FUSEEXT_MAX_THREADS];
+    daxfs_core *core;
+    char *core_base;            /* the pmem mapping the core's offsets index */
+    int64_t (*read_begin)(daxfs_core *, uint64_t, uint64_t, uint64_t,
+                          struct daxfs_fast_read *);
+    void (*read_end)(daxfs_core *, struct daxfs_fast_read *);
+    int64_t (*write)(daxfs_core *, uint64_t, uint64_t, const void *, uint64_t);
+    _Atomic uint64_t fast_reads, fast_writes, slow_requests;
 } g = {
     .lock = PTHREAD_MUTEX_INITIALIZER,
     .efd = -1,
     .accepting = 1,
+    .devfd = -1,
+    .qfd = -1,
 };
+
+struct slowreq {               /* a request a reader read for libfuse */
+    struct slowreq *next;
+    size_t len;
+    char data[];
+};
+
+static void pool_put(struct slowreq *r);
 
 static void warn(const char *msg)
 {
@@ -476,11 +537,57 @@ static void note_init_request(const struct wire_in_header *h, const char *payloa
     pthread_mutex_unlock(&g.lock);
 }
 
+/* The session's read while reader threads run: hand libfuse the oldest
+ * request a reader queued.  Empty: EINTR, which pyfuse3 answers by waiting
+ * for qfd again; after the device went away: ENODEV, which ends the
+ * session like a read of /dev/fuse would. */
+static ssize_t read_queued(void *buf, size_t buf_len)
+{
+    struct slowreq *r;
+    uint64_t cnt;
+    ssize_t n;
+    int gone;
+
+    pthread_mutex_lock(&g.lock);
+    r = g.qhead;
+    if (r) {
+        g.qhead = r->next;
+        if (!g.qhead)
+            g.qtail = NULL;
+    }
+    gone = g.dev_gone;
+    /* Readiness follows the queue; producers write qfd after linking. */
+    if (!g.qhead && !gone && read(g.qfd, &cnt, sizeof(cnt)) < 0) {
+    }
+    pthread_mutex_unlock(&g.lock);
+    if (!r) {
+        errno = gone ? ENODEV : EINTR;
+        return -1;
+    }
+    if (r->len > buf_len) {
+        /* Cannot happen: readers read at most what libfuse's buffer holds. */
+        warn("queued request larger than libfuse's buffer; dropped");
+        pool_put(r);
+        errno = EINTR;
+        return -1;
+    }
+    memcpy(buf, r->data, r->len);
+    n = (ssize_t)r->len;
+    pool_put(r);
+    return n;
+}
+
 static ssize_t io_read(int fd, void *buf, size_t buf_len, void *userdata)
 {
-    ssize_t n = read(fd, buf, buf_len);
+    ssize_t n;
+    int saved;
 
     (void)userdata;
+    if (g.nthreads > 0 && fd == g.qfd)
+        n = read_queued(buf, buf_len);
+    else
+        n = read(fd, buf, buf_len);
+    saved = errno;
     /* INIT is always the first request (libfuse answers a major > 7 INIT
      * and the kernel sends another), so only its header is peeked. */
     if (n >= (ssize_t)(sizeof(struct wire_in_header) + 16)) {
@@ -491,7 +598,8 @@ static ssize_t io_read(int fd, void *buf, size_t buf_len, void *userdata)
             note_init_request(&h, (const char *)buf + sizeof(h),
                               (size_t)n - sizeof(h));
     }
-    return n;   /* errno from read() untouched: libfuse 3.14 inspects it */
+    errno = saved;  /* libfuse 3.14 inspects it */
+    return n;
 }
 
 /*
@@ -568,6 +676,10 @@ static ssize_t write_init_reply(int fd, const struct iovec *iov, int count)
 static ssize_t io_writev(int fd, struct iovec *iov, int count, void *userdata)
 {
     (void)userdata;
+    /* Replies go to the fd the request was read from: with reader threads
+     * that is the device, whatever fd libfuse holds (qfd). */
+    if (g.nthreads > 0)
+        fd = g.devfd;
     /* Fast path: one atomic load per reply once INIT is done. */
     if (__atomic_load_n(&g.init_pending, __ATOMIC_ACQUIRE) && count > 0 &&
         iov[0].iov_len >= sizeof(struct wire_out_header)) {
@@ -584,6 +696,304 @@ static ssize_t io_writev(int fd, struct iovec *iov, int count, void *userdata)
             return write_init_reply(fd, iov, count);
     }
     return writev(fd, iov, count);
+}
+
+/* ------------------------------------------------------- reader threads */
+
+/*
+ * Reader threads: the fast data path
+ * ----------------------------------
+ * pyfuse3 reads /dev/fuse from its trio thread and calls into Python for
+ * every request; that costs ~100 us per request.  With a core attached
+ * (fuseext_fast_configure), fuse_session_mount starts C threads that own
+ * the device instead: each reads requests itself and serves READ, and WRITE
+ * over mapped pages inside the size, through the core's fast path (pins,
+ * copy, unpin: native/fastpath.c) with one writev of the reply - the pmem
+ * pages themselves are the reply's iovec, so a read is one copy, done by
+ * the kernel.  Anything else (and any fast-path refusal) is queued for
+ * libfuse: the session's fd becomes the eventfd qfd, whose custom read
+ * (read_queued) hands libfuse the queued request, so pyfuse3's loop runs
+ * unchanged, only fed from the queue.  Replies from libfuse go to the
+ * device (io_writev).  Stopping: pthread_cancel, honoured only inside
+ * read(2); ENODEV (unmount, abort) ends them by itself and is passed on to
+ * libfuse.
+ *
+ * Request buffers come from a small pool: a queued request keeps its
+ * buffer until libfuse copied it, and the reader takes another one, so a
+ * 1 MiB write costs no malloc/page faults per request.
+ */
+#define READER_BUFSIZE ((size_t)(256 * 4096 + 4096))   /* = libfuse's bufsize */
+#define POOL_KEEP 16
+#define ZERO_CHUNK ((size_t)256 * 1024)
+#define MAX_IOV 128
+
+static const char zero_chunk[ZERO_CHUNK];
+static struct slowreq *pool;        /* free buffers, under g.lock */
+static int pool_len;
+
+static struct slowreq *pool_get(void)
+{
+    struct slowreq *r;
+
+    pthread_mutex_lock(&g.lock);
+    r = pool;
+    if (r) {
+        pool = r->next;
+        pool_len--;
+    }
+    pthread_mutex_unlock(&g.lock);
+    if (!r)
+        r = malloc(sizeof(*r) + READER_BUFSIZE);
+    return r;
+}
+
+static void pool_put(struct slowreq *r)
+{
+    pthread_mutex_lock(&g.lock);
+    if (pool_len < POOL_KEEP) {
+        r->next = pool;
+        pool = r;
+        pool_len++;
+        r = NULL;
+    }
+    pthread_mutex_unlock(&g.lock);
+    free(r);
+}
+
+static void pool_free_all(void)
+{
+    pthread_mutex_lock(&g.lock);
+    while (pool) {
+        struct slowreq *r = pool;
+
+        pool = r->next;
+        free(r);
+    }
+    pool_len = 0;
+    pthread_mutex_unlock(&g.lock);
+}
+
+static void wake_libfuse(void)
+{
+    uint64_t one = 1;
+
+    if (write(g.qfd, &one, sizeof(one)) < 0) {
+        /* EAGAIN only when the counter is saturated: readable anyway */
+    }
+}
+
+static void queue_slow(struct slowreq *r)
+{
+    r->next = NULL;
+    pthread_mutex_lock(&g.lock);
+    if (g.qtail)
+        g.qtail->next = r;
+    else
+        g.qhead = r;
+    g.qtail = r;
+    pthread_mutex_unlock(&g.lock);
+    atomic_fetch_add_explicit(&g.slow_requests, 1, memory_order_relaxed);
+    wake_libfuse();
+}
+
+static void reply_iov(struct iovec *iov, int cnt)
+{
+    /* ENOENT: the request was interrupted or aborted meanwhile - fine. */
+    if (writev(g.devfd, iov, cnt) < 0 && errno != ENOENT && errno != ENODEV)
+        warn("writing a fast reply failed");
+}
+
+static int serve_read(const struct wire_in_header *h, const struct wire_read_in *in)
+{
+    struct daxfs_fast_read rd;
+    struct wire_out_header oh;
+    struct iovec iov[MAX_IOV];
+    int cnt = 1;
+    int64_t n;
+
+    n = g.read_begin(g.core, h->nodeid, in->offset, in->size, &rd);
+    if (n < 0)
+        return 0;
+    for (uint64_t i = 0; i < rd.nsegs; i++) {
+        const struct daxfs_fast_seg *sg = &rd.segs[i];
+
+        if (sg->dev_off != (uint64_t)DAXFS_FAST_ZEROS) {
+            if (cnt == MAX_IOV)
+                goto too_many;
+            iov[cnt++] = (struct iovec){ g.core_base + sg->dev_off, sg->len };
+            continue;
+        }
+        for (uint64_t done = 0; done < sg->len;) {
+            size_t k = sg->len - done < ZERO_CHUNK ? sg->len - done : ZERO_CHUNK;
+
+            if (cnt == MAX_IOV)
+                goto too_many;
+            iov[cnt++] = (struct iovec){ (void *)zero_chunk, k };
+            done += k;
+        }
+    }
+    oh = (struct wire_out_header){ (uint32_t)(sizeof(oh) + (uint64_t)n), 0, h->unique };
+    iov[0] = (struct iovec){ &oh, sizeof(oh) };
+    reply_iov(iov, cnt);
+    g.read_end(g.core, &rd);
+    atomic_fetch_add_explicit(&g.fast_reads, 1, memory_order_relaxed);
+    return 1;
+too_many:
+    g.read_end(g.core, &rd);
+    return 0;
+}
+
+static int serve_write(const struct wire_in_header *h, const struct wire_write_in *in,
+                       const char *data, size_t avail)
+{
+    struct wire_out_header oh;
+    struct wire_write_out out;
+    struct iovec iov[2];
+    int64_t n;
+
+    if (in->size > avail)
+        return 0;
+    n = g.write(g.core, h->nodeid, in->offset, data, in->size);
+    if (n < 0)
+        return 0;
+    oh = (struct wire_out_header){ sizeof(oh) + sizeof(out), 0, h->unique };
+    out = (struct wire_write_out){ (uint32_t)n, 0 };
+    iov[0] = (struct iovec){ &oh, sizeof(oh) };
+    iov[1] = (struct iovec){ &out, sizeof(out) };
+    reply_iov(iov, 2);
+    atomic_fetch_add_explicit(&g.fast_writes, 1, memory_order_relaxed);
+    return 1;
+}
+
+/* 1 if served here. */
+static int serve_fast(const char *buf, size_t n)
+{
+    const struct wire_in_header *h = (const void *)buf;
+    const size_t hl = sizeof(*h);
+
+    /* Extension headers (security context, groups) only come with
+     * creating requests; anything unusual goes to libfuse. */
+    if (h->total_extlen || h->len != n)
+        return 0;
+    if (h->opcode == WIRE_FUSE_READ && n >= hl + sizeof(struct wire_read_in))
+        return serve_read(h, (const void *)(buf + hl));
+    if (h->opcode == WIRE_FUSE_WRITE && n >= hl + sizeof(struct wire_write_in))
+        return serve_write(h, (const void *)(buf + hl),
+                           buf + hl + sizeof(struct wire_write_in),
+                           n - hl - sizeof(struct wire_write_in));
+    return 0;
+}
+
+static void *reader_main(void *arg)
+{
+    struct slowreq *r = pool_get();
+    sigset_t all;
+
+    (void)arg;
+    /* Signals are Python's business (trio's wakeup fd in the main thread). */
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
+    /* Cancellation (stop_readers) only inside read(2): everywhere else a
+     * reader may hold pins or locks. */
+    pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, NULL);
+    while (r) {
+        ssize_t n;
+        int err;
+
+        /* Blocking read: the kernel wakes one waiting reader per request
+         * (exclusive wait), where poll(2) would wake them all. */
+        pthread_setcancelstate(PTHREAD_CANCEL_ENABLE, NULL);
+        n = read(g.devfd, r->data, READER_BUFSIZE);
+        err = errno;
+        pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, NULL);
+        if (n < 0) {
+            if (err == EINTR || err == EAGAIN || err == ENOENT)
+                continue;           /* ENOENT: interrupted before we got it */
+            /* ENODEV (unmounted / aborted) or worse: the device is done. */
+            pthread_mutex_lock(&g.lock);
+            g.dev_gone = 1;
+            pthread_mutex_unlock(&g.lock);
+            wake_libfuse();
+            break;
+        }
+        if ((size_t)n >= sizeof(struct wire_in_header) && serve_fast(r->data, (size_t)n))
+            continue;
+        r->len = (size_t)n;
+        queue_slow(r);
+        r = pool_get();
+    }
+    if (r)
+        pool_put(r);
+    else
+        warn("out of memory for request buffers; reader thread stopped");
+    return NULL;
+}
+
+/* Before the session starts: returns 1 if readers run (session fd := qfd). */
+static int start_readers(int devfd)
+{
+    int flags, want;
+
+    pthread_mutex_lock(&g.lock);
+    want = g.core ? g.cfg_threads : 0;
+    pthread_mutex_unlock(&g.lock);
+    if (want <= 0)
+        return 0;
+    g.qfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    /* libfuse opened it blocking; readers rely on that. */
+    flags = fcntl(devfd, F_GETFL);
+    if (g.qfd < 0 || flags < 0 ||
+        (flags & O_NONBLOCK && fcntl(devfd, F_SETFL, flags & ~O_NONBLOCK) < 0))
+        goto fail;
+    g.devfd = devfd;
+    g.dev_gone = 0;
+    for (int i = 0; i < want; i++) {
+        if (pthread_create(&g.threads[i], NULL, reader_main, NULL) != 0)
+            break;
+        g.nthreads++;
+    }
+    if (g.nthreads > 0)
+        return 1;
+fail:
+    warn("cannot start reader threads; requests go through pyfuse3 alone");
+    if (g.qfd >= 0)
+        close(g.qfd);
+    g.qfd = g.devfd = -1;
+    return 0;
+}
+
+/* Stop and join the readers, drop queued requests, close the device fd
+ * (which aborts the connection if it was the last one, as libfuse's own
+ * close would).  qfd is the session's fd: libfuse closes it.  A reader
+ * blocked in read(2) is cancelled there (closing the fd would not wake
+ * it); one that exited on ENODEV is joined as it is.  A request read just
+ * as the cancel lands is lost, which is harmless: the connection is
+ * aborted next and the kernel fails whatever is outstanding. */
+static void stop_readers(void)
+{
+    struct slowreq *q;
+
+    if (g.nthreads == 0)
+        return;
+    for (int i = 0; i < g.nthreads; i++)
+        pthread_cancel(g.threads[i]);
+    for (int i = 0; i < g.nthreads; i++)
+        pthread_join(g.threads[i], NULL);
+    pthread_mutex_lock(&g.lock);
+    q = g.qhead;
+    g.qhead = g.qtail = NULL;
+    g.dev_gone = 1;
+    pthread_mutex_unlock(&g.lock);
+    while (q) {
+        struct slowreq *next = q->next;
+
+        free(q);
+        q = next;
+    }
+    pool_free_all();
+    close(g.devfd);
+    g.devfd = -1;
+    g.nthreads = 0;
 }
 
 /* ----------------------------------------------------- interposed symbols */
@@ -669,11 +1079,20 @@ EXPORT int fuse_session_mount(struct fuse_session *se, const char *mountpoint)
         return -1;
     res = real(se, mountpoint);
     if (res == 0 && se == g.session) {
-        /* Same fd; libfuse closes it once, in fuse_session_destroy. */
-        int ok = fuse_session_custom_io(se, &io, fuse_session_fd(se)) == 0;
+        int devfd = fuse_session_fd(se);
+        /* With readers the session's fd becomes qfd and the device fd is
+         * ours to close (stop_readers); without, libfuse closes it once. */
+        int readers = start_readers(devfd);
+        int ok = fuse_session_custom_io(se, &io, readers ? g.qfd : devfd) == 0;
 
+        if (!ok && readers) {
+            stop_readers();     /* closes devfd: the mount is unusable */
+            warn("fuse_session_custom_io failed after starting readers");
+            return -1;
+        }
         pthread_mutex_lock(&g.lock);
         g.info.custom_io = ok;
+        g.info.reader_threads = g.nthreads;
         pthread_mutex_unlock(&g.lock);
         if (!ok)
             warn("fuse_session_custom_io failed; INIT reply not patched");
@@ -681,11 +1100,26 @@ EXPORT int fuse_session_mount(struct fuse_session *se, const char *mountpoint)
     return res;
 }
 
+typedef void (*session_unmount_fn)(struct fuse_session *);
+
+EXPORT void fuse_session_unmount(struct fuse_session *se)
+{
+    session_unmount_fn real = (session_unmount_fn)real_symbol("fuse_session_unmount");
+
+    /* libfuse closes the device fd before unmounting (else the unmount
+     * could wait on us); ours is the readers', so stop them and close it. */
+    if (se && se == g.session)
+        stop_readers();
+    if (real)
+        real(se);
+}
+
 EXPORT void fuse_session_destroy(struct fuse_session *se)
 {
     session_destroy_fn real = (session_destroy_fn)real_symbol("fuse_session_destroy");
 
     if (se && se == g.session) {
+        stop_readers();
         fuseext_reply_all(EIO);
         pthread_mutex_lock(&g.lock);
         g.session = NULL;
@@ -716,6 +1150,36 @@ void fuseext_get_info(struct fuseext_info *out)
     pthread_mutex_lock(&g.lock);
     *out = g.info;
     pthread_mutex_unlock(&g.lock);
+    out->fast_reads = atomic_load(&g.fast_reads);
+    out->fast_writes = atomic_load(&g.fast_writes);
+    out->slow_requests = atomic_load(&g.slow_requests);
+}
+
+int fuseext_fast_configure(uintptr_t core, uintptr_t base, uintptr_t read_begin,
+                           uintptr_t read_end, uintptr_t write, int threads)
+{
+    if (threads < 0 || threads > FUSEEXT_MAX_THREADS)
+        return -EINVAL;
+    if (core && (!base || !read_begin || !read_end || !write))
+        return -EINVAL;
+    pthread_mutex_lock(&g.lock);
+    if (g.nthreads > 0) {
+        pthread_mutex_unlock(&g.lock);
+        return -EBUSY;      /* a mount is being served with the old core */
+    }
+    g.core = (daxfs_core *)core;
+    g.core_base = (char *)base;
+    g.read_begin = (void *)read_begin;
+    g.read_end = (void *)read_end;
+    g.write = (void *)write;
+    g.cfg_threads = core ? threads : 0;
+    pthread_mutex_unlock(&g.lock);
+    return 0;
+}
+
+void fuseext_fast_stop(void)
+{
+    stop_readers();
 }
 
 int fuseext_eventfd(void)

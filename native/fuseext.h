@@ -129,7 +129,13 @@ struct fuseext_info {
     int ops_installed;       /* bit (1 << FUSEEXT_OP_*) per handler we added */
     uint64_t requests;       /* total requests queued */
     uint64_t interrupts;     /* total interrupt notifications */
+    int reader_threads;      /* C threads reading /dev/fuse (0: pyfuse3 alone) */
+    uint64_t fast_reads;     /* requests the readers answered themselves */
+    uint64_t fast_writes;
+    uint64_t slow_requests;  /* requests the readers passed to libfuse */
 };
+
+#define FUSEEXT_MAX_THREADS 16
 
 /* Settings for the INIT reply; take effect at the next FUSE_INIT.
  * max_pages == 0 leaves libfuse's value. */
@@ -159,6 +165,16 @@ int fuseext_reply_attr(uint64_t id, const struct fuseext_attr *attr, double attr
 /* Answer every outstanding request (err for ordinary ones, EINTR for those
  * that were interrupted) and drop queued events.  Returns how many. */
 int fuseext_reply_all(int err);
+
+/* The fast data path: a daxfs core (pointer as an integer, 0 = none), its
+ * pmem mapping and the addresses of daxfs_fast_read_begin / _read_end /
+ * daxfs_fast_write; `threads` reader threads start at the next
+ * fuse_session_mount.  -EBUSY while readers run, -EINVAL on bad values. */
+int fuseext_fast_configure(uintptr_t core, uintptr_t base, uintptr_t read_begin,
+                           uintptr_t read_end, uintptr_t write, int threads);
+/* Join the reader threads and close the device fd now (idempotent); the
+ * session's own unmount / destroy do the same. */
+void fuseext_fast_stop(void);
 
 /* CDEF END */
 
