@@ -206,6 +206,7 @@ def control_figures(cfg: Config, dax: P.Peer, samples: Samples) -> str | None:
                         n += batch
                     add(samples, f"socket pin+unpin batch {batch}", dax.name,
                         n / (time.perf_counter() - t0), "pages/s")
+            socket_ops(cfg, c, rel, samples, dax.name)
             c.lease_release(lease_id)
             # punch with nothing pinned: the cost of the punch request itself
             for _ in range(cfg.runs):
@@ -223,6 +224,41 @@ def control_figures(cfg: Config, dax: P.Peer, samples: Samples) -> str | None:
         if path.exists():
             path.unlink()
     return None
+
+
+def socket_ops(cfg: Config, c: Any, rel: str, samples: Samples, name: str) -> None:
+    """Control requests per second (register + deregister of one page, each a
+    request): one at a time, and pipelined 64 deep (the client sends 64, then
+    reads 64 replies) - what a client with requests in flight gets."""
+    from daxfs.client import _frame, _request_msg
+
+    rid = 1 << 40
+
+    def batch(op: str, kws: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        nonlocal rid
+        ids = list(range(rid, rid + len(kws)))
+        rid += len(kws)
+        c.sock.sendall(b"".join(_frame(_request_msg(op, i, 0, kw))
+                                for i, kw in zip(ids, kws, strict=True)))
+        got: dict[int, dict[str, Any]] = {}
+        while len(got) < len(ids):
+            m = c.recv()
+            if m is not None and "id" in m:
+                if not m.get("ok"):
+                    raise RuntimeError(f"{op}: {m}")
+                got[m["id"]] = m
+        return [got[i] for i in ids]
+
+    reg = {"path": rel, "offset": 0, "length": 4096, "access": "rw", "odp": False}
+    for depth in (1, 64):
+        for _ in range(cfg.runs):
+            n, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < (0.2 if cfg.quick else 0.5):
+                mrs = batch("register", [reg] * depth)
+                batch("deregister", [{"mr": m["mr"]} for m in mrs])
+                n += 2 * depth
+            add(samples, f"socket ops/s, {depth} in flight", name,
+                n / (time.perf_counter() - t0), "ops/s")
 
 
 def punch_wait(cfg: Config, dax: P.Peer, rel: str, samples: Samples) -> None:
@@ -468,6 +504,10 @@ def check_targets(report: dict[str, Any]) -> list[str]:
         pin = med(f"core pin+unpin file batch {b}")
         verdict(f"core pin+unpin >= 10M pages/s (batch {b})", pin,
                 None if pin is None else pin >= 10, "-" if pin is None else f"{pin:.1f}M/s")
+    for depth in (1, 64):
+        ops = med(f"socket ops/s, {depth} in flight")
+        verdict(f"socket >= 20k ops/s ({depth} in flight)", ops,
+                None if ops is None else ops >= 20000, "-" if ops is None else f"{ops:.0f}/s")
     dma = med("core   ratio DMA / chunked memcpy (1 MiB descriptors, 1 worker)")
     verdict("DMA >= 0.8x memcpy (1 MiB desc, 1 worker)", dma,
             None if dma is None else dma >= 0.8, "-" if dma is None else f"{dma:.2f}x")

@@ -13,7 +13,6 @@ import array
 import base64
 import errno
 import itertools
-import json
 import os
 import socket
 from collections import deque
@@ -22,7 +21,7 @@ from typing import Any
 
 import trio
 
-from . import runtime
+from . import runtime, wire
 
 MAX_MESSAGE = 8 << 20
 
@@ -83,8 +82,7 @@ def socket_for(target: str) -> str:
 
 
 def _frame(msg: dict[str, Any]) -> bytes:
-    data = json.dumps(msg, separators=(",", ":")).encode()
-    return len(data).to_bytes(4, "big") + data
+    return wire.frame(msg)
 
 
 def _error(reply: dict[str, Any]) -> ControlError:
@@ -218,7 +216,7 @@ class Client(_Ops):
                 if len(self._buf) >= 4:
                     n = int.from_bytes(self._buf[:4], "big")
                     if len(self._buf) >= 4 + n:
-                        msg = json.loads(bytes(self._buf[4 : 4 + n]))
+                        msg = wire.loads(bytes(self._buf[4 : 4 + n]))
                         del self._buf[: 4 + n]
                         return msg
                 try:
@@ -313,7 +311,7 @@ class AsyncClient(_Ops):
                 n = int.from_bytes(buf[:4], "big")
                 if len(buf) < 4 + n:
                     break
-                msg = json.loads(bytes(buf[4 : 4 + n]))
+                msg = wire.loads(bytes(buf[4 : 4 + n]))
                 del buf[: 4 + n]
                 if "event" in msg:
                     self.events.send_nowait(msg)

@@ -16,7 +16,6 @@ import array
 import base64
 import contextlib
 import errno
-import json
 import logging
 import os
 import socket
@@ -30,6 +29,7 @@ from typing import Any
 import trio
 
 from . import format as fmt
+from . import wire
 from .client import errname
 from .errors import FsError
 from .extents import HOLE
@@ -91,8 +91,7 @@ def _groups(pid: int, gid: int) -> set[int]:
 
 
 def encode(msg: dict[str, Any]) -> bytes:
-    data = json.dumps(msg, separators=(",", ":")).encode()
-    return len(data).to_bytes(4, "big") + data
+    return wire.frame(msg)
 
 
 @dataclass(eq=False)
@@ -148,6 +147,13 @@ def _fuse_info() -> dict[str, int]:
     keys = ("reader_threads", "fast_reads", "fast_writes", "slow_requests", "requests",
             "interrupts", "init_patched", "sent_max_pages")
     return {k: info[k] for k in keys}
+
+
+# Requests handled in the connection's reader, in order, without a task of their
+# own: they do not wait for DMA or for other clients (the shared layout lock they
+# may take is only held exclusively between a break's waits).
+_INLINE_OPS = frozenset({"hello", "status", "register", "deregister", "lease_acquire",
+                         "lease_release"})
 
 
 class ControlServer:
@@ -284,6 +290,13 @@ class ControlServer:
                       recv: trio.MemoryReceiveChannel[bytes]) -> None:
         try:
             async for data in recv:
+                # Coalesce what else is queued: one send(2) for a burst of replies.
+                more = [data]
+                with contextlib.suppress(trio.WouldBlock, trio.EndOfChannel):
+                    while len(more) < 256:
+                        more.append(recv.receive_nowait())
+                if len(more) > 1:
+                    data = b"".join(more)
                 view = memoryview(data)
                 while view:
                     n = await sock.send(view)
@@ -318,7 +331,7 @@ class ControlServer:
                 raw = bytes(buf[4 : 4 + n])
                 del buf[: 4 + n]
                 try:
-                    msg = json.loads(raw)
+                    msg = wire.loads(raw)
                     if not isinstance(msg, dict) or not isinstance(msg.get("op"), str):
                         raise ValueError("not a JSON object with an 'op'")
                     nfds = int(msg.get("nfds", 0))
@@ -328,7 +341,12 @@ class ControlServer:
                     self._fatal(c, None, f"malformed message: {e}")
                     return
                 fds = [c.fds.popleft() for _ in range(nfds)]
-                nursery.start_soon(self._request, c, msg, fds)
+                if msg["op"] in _INLINE_OPS:
+                    # Short and never waiting on a client: run in order, here.  A
+                    # task per request would cost more than the request itself.
+                    await self._request(c, msg, fds)
+                else:
+                    nursery.start_soon(self._request, c, msg, fds)
 
     def _fatal(self, c: ClientConn, rid: Any, why: str) -> None:
         self.counters["protocol_errors"] += 1
