@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import signal
 import subprocess
 import sys
@@ -75,6 +76,32 @@ def analyse(raw: Path, wall: float, top: int = 12) -> list[str]:
     return lines
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of the whole daemon (all threads: Python and C readers)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def fuse_counters(mnt: Path) -> dict[str, int]:
+    from daxfs.client import Client
+
+    with Client(str(mnt)) as c:
+        return dict(c.status().get("fuse", {}))
+
+
+def split(wall: float, cpu: float, before: dict[str, int],
+          after: dict[str, int]) -> list[str]:
+    """Who answered the requests and the daemon's CPU per request: the part of the
+    story py-spy cannot see (the C reader threads)."""
+    d = {k: after.get(k, 0) - before.get(k, 0)
+         for k in ("fast_reads", "fast_writes", "slow_requests")}
+    n = sum(d.values())
+    per = f"{cpu / n * 1e6:.1f} us of daemon CPU per request" if n else "no requests"
+    return [f"  requests: {d['fast_reads']} fast reads, {d['fast_writes']} fast writes "
+            f"(C reader threads), {d['slow_requests']} to pyfuse3 (Python); daemon CPU "
+            f"{cpu:.2f} s in {wall:.2f} s ({cpu / wall:.0%} of a core); {per}"]
+
+
 def record(pid: int, raw: Path, work: Callable[[], str]) -> tuple[float, str]:
     spy = subprocess.Popen([PYSPY, "record", "--format", "raw", "-r", str(RATE), "--nonblocking",
                             "--pid", str(pid), "-o", str(raw)],
@@ -123,8 +150,12 @@ def main(argv: list[str] | None = None) -> int:
                 def work() -> str:
                     r = W.metadata(dax.mnt, args.files)["create+stat+unlink"]
                     return f"{r:.0f} ops/s"
+            before, cpu0 = fuse_counters(dax.mnt), cpu_seconds(dax.pid)
             wall, res = record(dax.pid, raw, work)
+            cpu = cpu_seconds(dax.pid) - cpu0
+            after = fuse_counters(dax.mnt)
             report.append(f"\n{title}: {res} (while sampled)")
+            report += split(wall, cpu, before, after)
             report += analyse(raw, wall)
     finally:
         P.cleanup_all()
