@@ -54,6 +54,7 @@ FALLOC_FL_ZERO_RANGE = 0x10
 SEEK_DATA = 3
 SEEK_HOLE = 4
 _DAY_NS = 86400 * 10**9
+_CAPS_XATTR = b"security.capability"
 _NEVER = 2**63 - 1  # an atime_next no read reaches (read-only mounts)
 _XATTR_NAMESPACES = (b"user.", b"trusted.", b"security.")
 # Blocks kept back from data and namespace allocations for the metadata a commit
@@ -77,6 +78,7 @@ class LayoutHooks(Protocol):
 
     def publish(self, ino: int, size: int, atime_next: int) -> None: ...
     def resized(self, ino: int, size: int) -> None: ...
+    def nocaps(self, ino: int, on: bool) -> None: ...
     def atime_next(self, ino: int, when: int) -> None: ...
     def writable(self, on: bool) -> None: ...
     def stamps(self) -> list[tuple[int, int, int]]: ...
@@ -98,6 +100,9 @@ class NullHooks:
         pass
 
     def resized(self, ino: int, size: int) -> None:
+        pass
+
+    def nocaps(self, ino: int, on: bool) -> None:
         pass
 
     def atime_next(self, ino: int, when: int) -> None:
@@ -350,6 +355,13 @@ class Filesystem:
             self._extents(inode)
             inode.published = True
             self.hooks.publish(inode.ino, inode.d.size, self._atime_next(inode))
+            self._publish_caps(inode)
+
+    def _publish_caps(self, inode: Inode) -> None:
+        """Tell the fast path whether the file has file capabilities: the kernel
+        asks (getxattr security.capability) before every page-cache write."""
+        if inode.published:
+            self.hooks.nocaps(inode.ino, _CAPS_XATTR not in self._xattrs(inode))
 
     def sync_fast(self) -> None:
         """Fold in the timestamps the fast path left: every request and every
@@ -1256,6 +1268,7 @@ class Filesystem:
             else:
                 x[name] = old
             raise
+        self._publish_caps(inode)
         inode.d.ctime = fmt.now_ns()
         self._dirty(inode)
         self.dirty_xattr.add(inode.ino)
@@ -1269,6 +1282,7 @@ class Filesystem:
         if name not in x:
             raise FsError(errno.ENODATA)
         del x[name]
+        self._publish_caps(inode)
         inode.d.ctime = fmt.now_ns()
         self._dirty(inode)
         self.dirty_xattr.add(inode.ino)

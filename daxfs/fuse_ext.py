@@ -213,13 +213,14 @@ def configure_fast(core: Any | None, threads: int = 2) -> None:
     pyfuse3 as before.  The core must outlive the session (or `stop_fast`)."""
     install()
     if core is None or threads <= 0:
-        r = _lib.fuseext_fast_configure(0, 0, 0, 0, 0, 0)
+        r = _lib.fuseext_fast_configure(0, 0, 0, 0, 0, 0, 0)
     else:
         fns = core.fast_entry_points()
         r = _lib.fuseext_fast_configure(core.address, core.base,
                                         fns["daxfs_fast_read_begin"],
                                         fns["daxfs_fast_read_end"],
-                                        fns["daxfs_fast_write"], threads)
+                                        fns["daxfs_fast_write"],
+                                        fns["daxfs_fast_nocaps"], threads)
     if r < 0:
         raise OSError(-r, f"fuseext_fast_configure: {os.strerror(-r)}")
 

@@ -214,7 +214,19 @@ class Operations(pyfuse3.Operations):
     @_translate
     async def lookup(self, parent_inode: int, name: bytes,
                      ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.EntryAttributes:
-        return self._entry(self.fs.lookup(parent_inode, name))
+        try:
+            node = self.fs.lookup(parent_inode, name)
+        except FsError as e:
+            if e.errno != errno.ENOENT:
+                raise
+            # A negative entry (inode 0): the kernel caches the miss for
+            # ENTRY_TIMEOUT, so a create does not cost a lookup round trip first.
+            # Safe because every namespace change comes through this kernel.
+            miss = pyfuse3.EntryAttributes()
+            miss.st_ino = cast(pyfuse3.InodeT, 0)
+            miss.entry_timeout = ENTRY_TIMEOUT
+            return miss
+        return self._entry(node)
 
     async def forget(self, inode_list: list[tuple[int, int]]) -> None:
         for ino, n in inode_list:
@@ -311,7 +323,10 @@ class Operations(pyfuse3.Operations):
         return self.fs.write(self._fh[fh], off, buf)
 
     async def flush(self, fh: int) -> None:
-        pass
+        # Nothing to do at close(2) (data is written in place, durability is
+        # fsync's job): ENOSYS makes the kernel stop sending FLUSH at all, one
+        # round trip less per close.
+        raise pyfuse3.FUSEError(errno.ENOSYS)
 
     @_translate
     async def release(self, fh: int) -> None:

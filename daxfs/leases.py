@@ -313,8 +313,12 @@ class LayoutManager:
     async def shared(self, ino: int) -> AsyncIterator[None]:
         lk = self.lock(ino)
         try:
-            async with lk.shared():
+            # One context manager, not two: this is on every control request's path.
+            await lk.acquire_shared()
+            try:
                 yield
+            finally:
+                lk.release_shared()
         finally:
             self._drop_idle_lock(ino)
 

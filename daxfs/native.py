@@ -561,7 +561,7 @@ class Core:
         """Addresses of the data-path functions, for fuseext's reader threads."""
         return {name: int(_ffi.cast("uintptr_t", _ffi.addressof(_lib, name)))
                 for name in ("daxfs_fast_read_begin", "daxfs_fast_read_end",
-                             "daxfs_fast_write")}
+                             "daxfs_fast_write", "daxfs_fast_nocaps")}
 
     def fast_publish(self, ino: int, size: int, atime_next: int) -> None:
         _check(_lib.daxfs_fast_publish(self._p, ino, size, atime_next), "fast_publish")
@@ -572,6 +572,12 @@ class Core:
 
     def fast_set_atime_next(self, ino: int, atime_next: int) -> bool:
         return _lib.daxfs_fast_set_atime_next(self._p, ino, atime_next) == 0
+
+    def fast_set_nocaps(self, ino: int, on: bool) -> None:
+        _lib.daxfs_fast_set_nocaps(self._p, ino, int(on))
+
+    def fast_nocaps(self, ino: int) -> bool:
+        return bool(_lib.daxfs_fast_nocaps(self._p, ino))
 
     def fast_unpublish(self, ino: int) -> None:
         _lib.daxfs_fast_unpublish(self._p, ino)

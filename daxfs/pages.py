@@ -40,6 +40,9 @@ class CoreHooks:
     def publish(self, ino: int, size: int, atime_next: int) -> None:
         self.core.fast_publish(ino, size, atime_next)
 
+    def nocaps(self, ino: int, on: bool) -> None:
+        self.core.fast_set_nocaps(ino, on)
+
     def resized(self, ino: int, size: int) -> None:
         self.core.fast_set_size(ino, size)
 

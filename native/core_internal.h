@@ -78,6 +78,7 @@ struct dx_inode {
     _Atomic int64_t wtime;          /* last fast write (ns), 0 = none */
     _Atomic int64_t rtime;          /* last fast read due an atime, 0 = none */
     _Atomic int64_t atime_next;     /* a read at or after this needs atime */
+    _Atomic uint32_t nocaps;        /* no security.capability xattr */
 };
 
 /* ---- waiters ---- */

@@ -346,6 +346,12 @@ int daxfs_fast_publish(daxfs_core *c, uint64_t ino, uint64_t size,
 int daxfs_fast_set_size(daxfs_core *c, uint64_t ino, uint64_t size);
 int daxfs_fast_set_atime_next(daxfs_core *c, uint64_t ino, int64_t atime_next);
 int daxfs_fast_unpublish(daxfs_core *c, uint64_t ino);
+/* Python vouches that ino has no security.capability xattr (on = 1) or
+ * withdraws that; the kernel asks for it before every page-cache write
+ * (file_remove_privs), and the readers answer ENODATA from this. */
+int daxfs_fast_set_nocaps(daxfs_core *c, uint64_t ino, int on);
+/* 1 if ino is published and vouched to have no security.capability. */
+int daxfs_fast_nocaps(daxfs_core *c, uint64_t ino);
 /* 1 if ino is published (tests and status). */
 int daxfs_fast_published(daxfs_core *c, uint64_t ino);
 /* Allow fast writes (a read-only mount, or one gone read-only, does not). */

@@ -141,6 +141,29 @@ static void unpublish(struct dx_inode *in, uint64_t unused)
     atomic_store(&in->published, 0);
 }
 
+static void set_nocaps(struct dx_inode *in, uint64_t on)
+{
+    atomic_store(&in->nocaps, on != 0);
+}
+
+int daxfs_fast_set_nocaps(daxfs_core *c, uint64_t ino, int on)
+{
+    return with_inode(c, ino, set_nocaps, (uint64_t)(on != 0));
+}
+
+int daxfs_fast_nocaps(daxfs_core *c, uint64_t ino)
+{
+    struct dx_inode *in;
+    int r = 0;
+    bool wr;
+
+    in = pm_get(c, ino, false, &wr);
+    if (in)
+        r = atomic_load(&in->published) && atomic_load(&in->nocaps);
+    pm_put(c);
+    return r;
+}
+
 int daxfs_fast_set_size(daxfs_core *c, uint64_t ino, uint64_t size)
 {
     return with_inode(c, ino, set_size, size);

@@ -168,10 +168,12 @@ int fuseext_reply_all(int err);
 
 /* The fast data path: a daxfs core (pointer as an integer, 0 = none), its
  * pmem mapping and the addresses of daxfs_fast_read_begin / _read_end /
- * daxfs_fast_write; `threads` reader threads start at the next
- * fuse_session_mount.  -EBUSY while readers run, -EINVAL on bad values. */
+ * daxfs_fast_write / daxfs_fast_nocaps; `threads` reader threads start at
+ * the next fuse_session_mount.  -EBUSY while readers run, -EINVAL on bad
+ * values. */
 int fuseext_fast_configure(uintptr_t core, uintptr_t base, uintptr_t read_begin,
-                           uintptr_t read_end, uintptr_t write, int threads);
+                           uintptr_t read_end, uintptr_t write, uintptr_t nocaps,
+                           int threads);
 /* Join the reader threads and close the device fd now (idempotent); the
  * session's own unmount / destroy do the same. */
 void fuseext_fast_stop(void);

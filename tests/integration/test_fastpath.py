@@ -5,6 +5,7 @@ durability across a remount, truncate racing with it)."""
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import threading
@@ -210,3 +211,29 @@ def test_truncate_racing_fast_io_frees_nothing_in_use(fmnt: Mount) -> None:
     s = core_stats(fmnt)
     assert s["collisions"] == 0
     assert s["pins_held"] == 0
+
+
+def test_write_still_drops_file_capabilities(daxfs_mount: Callable[..., Mount]) -> None:
+    """dax=never: before each write the kernel asks for security.capability
+    (readers answer "none" for files vouched to have none) and removes it from a
+    file that has one: that answer must follow setxattr/removexattr."""
+    m = daxfs_mount(opts="dax=never")
+    f = m.path / "f"
+    make_file(f, 64 * 1024)
+    fd = os.open(f, os.O_WRONLY)
+    try:
+        before = fuse_info(m)["slow_requests"]
+        for i in range(50):
+            os.pwrite(fd, b"w", i * 100)
+        after = fuse_info(m)["slow_requests"]
+    finally:
+        os.close(fd)
+    # 50 writes, each preceded by a capability lookup: none of it reached Python.
+    assert after - before < 25
+    cap = bytes.fromhex("0100000220000000000000000000000000000000")  # cap_net_bind_service
+    os.setxattr(f, "security.capability", cap)
+    assert os.getxattr(f, "security.capability") == cap
+    pwrite_all(f, b"x", 0)  # as root; the kernel still kills file capabilities
+    with pytest.raises(OSError) as e:
+        os.getxattr(f, "security.capability")
+    assert e.value.errno == errno.ENODATA
