@@ -151,7 +151,8 @@ int daxfs_fast_set_nocaps(daxfs_core *c, uint64_t ino, int on)
     return with_inode(c, ino, set_nocaps, (uint64_t)(on != 0));
 }
 
-int daxfs_fast_nocaps(daxfs_core *c, uint64_t ino)
+/* 1 if ino is published (and, if want_nocaps, vouched capability-free). */
+static int published_with(struct daxfs_core *c, uint64_t ino, bool want_nocaps)
 {
     struct dx_inode *in;
     int r = 0;
@@ -159,9 +160,14 @@ int daxfs_fast_nocaps(daxfs_core *c, uint64_t ino)
 
     in = pm_get(c, ino, false, &wr);
     if (in)
-        r = atomic_load(&in->published) && atomic_load(&in->nocaps);
+        r = atomic_load(&in->published) && (!want_nocaps || atomic_load(&in->nocaps));
     pm_put(c);
     return r;
+}
+
+int daxfs_fast_nocaps(daxfs_core *c, uint64_t ino)
+{
+    return published_with(c, ino, true);
 }
 
 int daxfs_fast_set_size(daxfs_core *c, uint64_t ino, uint64_t size)
@@ -181,15 +187,7 @@ int daxfs_fast_unpublish(daxfs_core *c, uint64_t ino)
 
 int daxfs_fast_published(daxfs_core *c, uint64_t ino)
 {
-    struct dx_inode *in;
-    int r = 0;
-    bool wr;
-
-    in = pm_get(c, ino, false, &wr);
-    if (in)
-        r = (int)atomic_load(&in->published);
-    pm_put(c);
-    return r;
+    return published_with(c, ino, false);
 }
 
 void daxfs_fast_set_writable(daxfs_core *c, int on)
