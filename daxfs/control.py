@@ -32,7 +32,6 @@ from . import format as fmt
 from . import wire
 from .client import errname
 from .errors import FsError
-from .extents import HOLE
 from .leases import ALLOCATED, EXCLUSIVE, LAYOUT, LayoutManager, Registration
 from .native import (
     PAGE_SIZE,
@@ -54,6 +53,7 @@ log = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
 MAX_MESSAGE = 8 << 20  # bytes of JSON per message
+_LEN = struct.Struct(">I")  # the frame header
 MAX_FDS_PER_MESSAGE = 4
 FALLOC_FL_KEEP_SIZE = 0x01
 
@@ -94,6 +94,48 @@ def encode(msg: dict[str, Any]) -> bytes:
     return wire.frame(msg)
 
 
+class Outbox:
+    """A connection's queue of framed replies and events, drained by its writer.
+
+    A list and an event rather than a memory channel: a reply is queued per
+    request, and the channel's bookkeeping cost as much as the request.  Bounded
+    like the channel was: a client that never reads loses messages past
+    ``limit`` rather than growing the daemon without end."""
+
+    __slots__ = ("_q", "_wake", "_limit", "closed", "dropped")
+
+    def __init__(self, limit: int = 1024) -> None:
+        self._q: list[bytes] = []
+        self._wake = trio.Event()
+        self._limit = limit
+        self.closed = False
+        self.dropped = 0
+
+    def put(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if len(self._q) >= self._limit:
+            self.dropped += 1
+            return
+        self._q.append(data)
+        if len(self._q) == 1:
+            self._wake.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self._wake.set()
+
+    async def take(self) -> bytes:
+        """Everything queued, as one buffer; b"" once closed and empty."""
+        while not self._q:
+            if self.closed:
+                return b""
+            self._wake = trio.Event()
+            await self._wake.wait()
+        q, self._q = self._q, []
+        return q[0] if len(q) == 1 else b"".join(q)
+
+
 @dataclass(eq=False)
 class ClientConn:
     """One control connection (a lease holder)."""
@@ -103,7 +145,7 @@ class ClientConn:
     uid: int
     gid: int
     groups: set[int]
-    out: trio.MemorySendChannel[bytes]
+    out: Outbox
     connected: float = field(default_factory=time.monotonic)
     regs: dict[int, Registration] = field(default_factory=dict)
     inflight: dict[int, Any] = field(default_factory=dict)  # DMA id -> _Slot
@@ -116,9 +158,7 @@ class ClientConn:
         return f"client{self.id}(pid {self.pid}, uid {self.uid})"
 
     def notify(self, event: dict[str, Any]) -> None:
-        with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError,
-                                 trio.ClosedResourceError):
-            self.out.send_nowait(encode(event))
+        self.out.put(encode(event))
 
 
 @dataclass(eq=False)
@@ -262,21 +302,21 @@ class ControlServer:
         except OSError:
             sock.close()
             return
-        send, recv = trio.open_memory_channel[bytes](1024)
-        c = ClientConn(self._next_client, pid, uid, gid, _groups(pid, gid), send)
+        out = Outbox()
+        c = ClientConn(self._next_client, pid, uid, gid, _groups(pid, gid), out)
         self._next_client += 1
         self.clients[c.id] = c
         self.counters["connections"] += 1
         log.info("control: %s connected", c.name)
         try:
             async with trio.open_nursery() as outer:
-                outer.start_soon(self._writer, sock, recv)
+                outer.start_soon(self._writer, sock, out)
                 async with trio.open_nursery() as reqs:
                     await self._reader(sock, c, reqs)
                     reqs.cancel_scope.cancel()
                 # The writer sends what is queued (e.g. a fatal error reply), then
                 # ends; a client that does not read gets 5 s.
-                send.close()
+                out.close()
                 outer.cancel_scope.deadline = trio.current_time() + 5
         except (OSError, trio.BrokenResourceError):
             pass
@@ -286,17 +326,9 @@ class ControlServer:
             sock.close()
             log.info("control: %s disconnected", c.name)
 
-    async def _writer(self, sock: trio.socket.SocketType,
-                      recv: trio.MemoryReceiveChannel[bytes]) -> None:
+    async def _writer(self, sock: trio.socket.SocketType, out: Outbox) -> None:
         try:
-            async for data in recv:
-                # Coalesce what else is queued: one send(2) for a burst of replies.
-                more = [data]
-                with contextlib.suppress(trio.WouldBlock, trio.EndOfChannel):
-                    while len(more) < 256:
-                        more.append(recv.receive_nowait())
-                if len(more) > 1:
-                    data = b"".join(more)
+            while data := await out.take():  # a burst of replies: one send(2)
                 view = memoryview(data)
                 while view:
                     n = await sock.send(view)
@@ -321,32 +353,39 @@ class ControlServer:
             if not data:
                 return
             buf += data
-            while len(buf) >= 4:
-                n = int.from_bytes(buf[:4], "big")
-                if n > MAX_MESSAGE:
-                    self._fatal(c, None, f"message of {n} bytes exceeds {MAX_MESSAGE}")
-                    return
-                if len(buf) < 4 + n:
-                    break
-                raw = bytes(buf[4 : 4 + n])
-                del buf[: 4 + n]
-                try:
-                    msg = wire.loads(raw)
-                    if not isinstance(msg, dict) or not isinstance(msg.get("op"), str):
-                        raise ValueError("not a JSON object with an 'op'")
-                    nfds = int(msg.get("nfds", 0))
-                    if nfds < 0 or nfds > len(c.fds):
-                        raise ValueError(f"nfds={nfds} but {len(c.fds)} fds received")
-                except (ValueError, TypeError) as e:
-                    self._fatal(c, None, f"malformed message: {e}")
-                    return
-                fds = [c.fds.popleft() for _ in range(nfds)]
-                if msg["op"] in _INLINE_OPS:
-                    # Short and never waiting on a client: run in order, here.  A
-                    # task per request would cost more than the request itself.
-                    await self._request(c, msg, fds)
-                else:
-                    nursery.start_soon(self._request, c, msg, fds)
+            pos, end = 0, len(buf)
+            view = memoryview(buf)
+            try:
+                # A burst of pipelined requests arrives in one recv: walk it by
+                # offset and cut the buffer once, not per message.
+                while end - pos >= 4:
+                    (n,) = _LEN.unpack_from(buf, pos)
+                    if n > MAX_MESSAGE:
+                        self._fatal(c, None, f"message of {n} bytes exceeds {MAX_MESSAGE}")
+                        return
+                    if end - pos < 4 + n:
+                        break
+                    try:
+                        msg = wire.loads(view[pos + 4 : pos + 4 + n])
+                        if not isinstance(msg, dict) or not isinstance(msg.get("op"), str):
+                            raise ValueError("not a JSON object with an 'op'")
+                        nfds = int(msg.get("nfds", 0))
+                        if nfds < 0 or nfds > len(c.fds):
+                            raise ValueError(f"nfds={nfds} but {len(c.fds)} fds received")
+                    except (ValueError, TypeError) as e:
+                        self._fatal(c, None, f"malformed message: {e}")
+                        return
+                    pos += 4 + n
+                    fds = [c.fds.popleft() for _ in range(nfds)] if nfds else []
+                    if msg["op"] in _INLINE_OPS:
+                        # Short and never waiting on a client: run in order, here.
+                        # A task per request would cost more than the request.
+                        await self._request(c, msg, fds)
+                    else:
+                        nursery.start_soon(self._request, c, msg, fds)
+            finally:
+                view.release()
+                del buf[:pos]
 
     def _fatal(self, c: ClientConn, rid: Any, why: str) -> None:
         self.counters["protocol_errors"] += 1
@@ -473,8 +512,7 @@ class ControlServer:
         return node, path
 
     def _has_holes(self, inode: Any, index: int, count: int) -> bool:
-        em = self.fs._extents(inode)
-        return any(pb == HOLE for _, pb, _ in em.segments(index, count))
+        return not self.fs._extents(inode).mapped(index, count)
 
     def _prepare(self, inode: Any, off: int, length: int, *, extend: bool) -> None:
         """Fault in: allocate (zeroed) blocks for holes; ``extend`` also grows the

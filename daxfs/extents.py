@@ -62,6 +62,20 @@ class ExtentMap:
             i += 1
         return out
 
+    def mapped(self, start: int, n: int) -> bool:
+        """Whether every block of [start, start+n) is mapped (no hole)."""
+        L, C = self.lblk, self.count
+        i = bisect_right(L, start) - 1
+        if i < 0:
+            return n <= 0
+        pos, end = start, start + n
+        while pos < end:
+            if i >= len(L) or L[i] > pos or L[i] + C[i] <= pos:
+                return False
+            pos = L[i] + C[i]
+            i += 1
+        return True
+
     def lookup(self, blk: int) -> int:
         i = bisect_right(self.lblk, blk) - 1
         if i >= 0 and blk < self.lblk[i] + self.count[i]:

@@ -100,7 +100,8 @@ class InvalidateLock:
     def release_shared(self) -> None:
         assert self.readers > 0
         self.readers -= 1
-        self._lot.unpark_all()
+        if self._lot:
+            self._lot.unpark_all()
 
     def acquire_exclusive_nowait(self) -> None:
         if self.writer or self.readers:
@@ -141,6 +142,30 @@ class InvalidateLock:
             yield
         finally:
             self.release_exclusive()
+
+
+class _SharedHold:
+    """LayoutManager.shared(ino): a class, not @asynccontextmanager, because it is
+    on every control request's path and the generator machinery cost more than
+    the uncontended lock itself."""
+
+    __slots__ = ("_m", "_ino", "_lk")
+
+    def __init__(self, m: LayoutManager, ino: int) -> None:
+        self._m = m
+        self._ino = ino
+
+    async def __aenter__(self) -> None:
+        lk = self._lk = self._m.lock(self._ino)
+        try:
+            await lk.acquire_shared()
+        except BaseException:
+            self._m._drop_idle_lock(self._ino)
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._lk.release_shared()
+        self._m._drop_idle_lock(self._ino)
 
 
 # ---------------------------------------------------------------- records
@@ -272,6 +297,9 @@ class LayoutManager:
         # holds[ino] == number of holders that took an inode reference.
         self.locks: dict[int, InvalidateLock] = {}
         self.leases: dict[int, Lease] = {}
+        # The LAYOUT/EXCLUSIVE subset: conflict checks and lease lookups scan these
+        # few, not one ALLOCATED lease per registration and DMA in flight.
+        self.layout_leases: dict[int, Lease] = {}
         self.registrations: dict[int, Registration] = {}
         self.breaks: dict[int, Break] = {}
         self.holds: dict[int, int] = {}
@@ -309,18 +337,9 @@ class LayoutManager:
         if lk is not None and lk.idle:
             del self.locks[ino]
 
-    @asynccontextmanager
-    async def shared(self, ino: int) -> AsyncIterator[None]:
-        lk = self.lock(ino)
-        try:
-            # One context manager, not two: this is on every control request's path.
-            await lk.acquire_shared()
-            try:
-                yield
-            finally:
-                lk.release_shared()
-        finally:
-            self._drop_idle_lock(ino)
+    def shared(self, ino: int) -> _SharedHold:
+        """``async with``: inode ``ino``'s invalidate lock, shared."""
+        return _SharedHold(self, ino)
 
     def hold(self, ino: int) -> None:
         """Take an inode reference for a pin holder: an unlinked file's blocks
@@ -347,7 +366,7 @@ class LayoutManager:
     def add_lease(self, ino: int, index: int, count: int, kind: str, holder: Holder | None,
                   what: str, path: str = "") -> Lease:
         if kind in (LAYOUT, EXCLUSIVE):
-            for other in self.leases.values():
+            for other in self.layout_leases.values():
                 if other.kind == EXCLUSIVE and other.overlaps(ino, index, count) \
                         and other.holder is not holder:
                     raise FsError(errno.EAGAIN, "range is under another client's "
@@ -360,17 +379,20 @@ class LayoutManager:
                     raise FsError(errno.EAGAIN, "range is being truncated / punched")
         lease = Lease(self.next_id(), ino, index, count, kind, holder, what, path)
         self.leases[lease.id] = lease
+        if kind != ALLOCATED:
+            self.layout_leases[lease.id] = lease
         return lease
 
     def remove_lease(self, lease: Lease | None) -> None:
         if lease is not None:
             self.leases.pop(lease.id, None)
+            self.layout_leases.pop(lease.id, None)
 
     def leases_of(self, holder: Holder) -> list[Lease]:
         return [x for x in self.leases.values() if x.holder is holder]
 
     def covering_lease(self, holder: Holder, ino: int, index: int, count: int) -> Lease | None:
-        for x in self.leases.values():
+        for x in self.layout_leases.values():
             if (x.holder is holder and x.kind in (LAYOUT, EXCLUSIVE) and x.ino == ino
                     and x.index <= index and index + count <= x.index + x.count
                     and x.breaking_since is None):
@@ -452,8 +474,8 @@ class LayoutManager:
         await lk.acquire_exclusive()
         held = True
         try:
-            for lease in self.leases.values():
-                if lease.kind == ALLOCATED or not lease.overlaps(ino, index, count):
+            for lease in self.layout_leases.values():
+                if not lease.overlaps(ino, index, count):
                     continue
                 h = lease.holder
                 if h is not None and (h is breaker or (breaker_pid and h.pid == breaker_pid)):
@@ -496,7 +518,7 @@ class LayoutManager:
             finally:
                 for t in timers:
                     t.cancel()
-                for lease in self.leases.values():
+                for lease in self.layout_leases.values():  # only these break
                     if lease.overlaps(ino, index, count) and not any(
                             b is not brk and lease.overlaps(b.ino, b.index, b.count)
                             for b in self.breaks.values()):
@@ -539,8 +561,8 @@ class LayoutManager:
 
     def _notify(self, brk: Break, timers: list[trio.CancelScope]) -> None:
         now = time.monotonic()
-        for lease in list(self.leases.values()):
-            if lease.kind == ALLOCATED or not lease.overlaps(brk.ino, brk.index, brk.count):
+        for lease in list(self.layout_leases.values()):
+            if not lease.overlaps(brk.ino, brk.index, brk.count):
                 continue
             if lease.breaking_since is None:
                 lease.breaking_since = now

@@ -64,6 +64,7 @@ if CORE_VERSION != EXPECTED_CORE_VERSION:  # pragma: no cover - stale build
 
 PAGE_SIZE: Final = int(_lib.DAXFS_PAGE_SIZE)
 MAX_FILE_PAGES: Final = int(_lib.DAXFS_MAX_FILE_PAGES)
+_RUNS_CACHED: Final = 16  # pages (so at most this many runs) served from Core._runs_buf
 MAX_PINS: Final = int(_lib.DAXFS_MAX_PINS)
 PG_ORPHAN: Final = int(_lib.DAXFS_PG_ORPHAN)
 #: How the DMA engine moves bytes ("memcpy").
@@ -364,6 +365,9 @@ class Core:
         self._waiters: weakref.WeakSet[Waiter] = weakref.WeakSet()
         self._coll_seq = 0
         self._stamp_buf = _ffi.new("struct daxfs_fast_stamp[]", 256)
+        self._runs_buf = _ffi.new("struct daxfs_run[]", _RUNS_CACHED)
+        self._runs_n = _ffi.new("uint64_t *")
+        self._runs_lock = threading.Lock()
         self.dma = DMAEngine(self)
 
     @property
@@ -483,6 +487,16 @@ class Core:
     def pin_file_runs(self, ino: int, index: int, count: int) -> list[tuple[int, int]]:
         """Like pin_file, returning the pinned (pfn, count) runs in file
         order, to be released with unpin_pfn (valid even after a truncate)."""
+        # A small registration is one control request: reuse one result buffer
+        # (whoever holds _runs_lock) rather than allocate two cdata per call.
+        if count <= _RUNS_CACHED and self._runs_lock.acquire(blocking=False):
+            try:
+                runs, n = self._runs_buf, self._runs_n
+                _check(_lib.daxfs_pin_file(self._p, ino, index, count, runs,
+                                           _RUNS_CACHED, n), "pin_file")
+                return [(x.pfn, x.count) for x in runs[0 : n[0]]]
+            finally:
+                self._runs_lock.release()
         cap = max(1, min(count, 256))
         while True:
             runs = _ffi.new("struct daxfs_run[]", cap)
@@ -492,7 +506,7 @@ class Core:
                 cap = count
                 continue
             _check(r, "pin_file")
-            return [(int(x.pfn), int(x.count)) for x in runs[0 : n[0]]]
+            return [(x.pfn, x.count) for x in runs[0 : n[0]]]
 
     def unpin_file(self, ino: int, index: int, count: int) -> int:
         return _check(_lib.daxfs_unpin_file(self._p, ino, index, count), "unpin_file")

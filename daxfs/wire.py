@@ -24,14 +24,14 @@ def dumps(msg: dict[str, Any]) -> bytes:
     return json.dumps(msg, separators=(",", ":")).encode()
 
 
-def loads(data: bytes) -> Any:
+def loads(data: bytes | memoryview) -> Any:
     """Raises ValueError on malformed input, whichever parser ran."""
     if _orjson is not None:
         try:
             return _orjson.loads(data)
         except _orjson.JSONDecodeError:
             pass  # maybe only too large an integer for orjson: let json decide
-    return json.loads(data)
+    return json.loads(bytes(data))
 
 
 def frame(msg: dict[str, Any]) -> bytes:

@@ -18,8 +18,9 @@ import trio
 import trio.testing
 
 from daxfs import format as fmt
+from daxfs import wire
 from daxfs.client import AsyncClient, ControlError
-from daxfs.control import ControlServer
+from daxfs.control import ControlServer, Outbox
 from daxfs.errors import FsError
 from daxfs.fs import Filesystem, mkfs
 from daxfs.leases import EXCLUSIVE, LAYOUT, InvalidateLock, LayoutManager
@@ -279,6 +280,75 @@ async def test_control_malformed_message_closes_only_that_connection(
         async with AsyncClient(sock_path) as c:  # still serving others
             assert (await c.hello())["version"] == 1
         n.cancel_scope.cancel()
+
+
+async def _read_frames(s: Any, count: int) -> list[dict[str, Any]]:
+    buf, out = b"", []
+    while len(out) < count:
+        chunk = await s.recv(1 << 16)
+        assert chunk, f"connection closed after {len(out)} of {count} replies"
+        buf += chunk
+        while len(buf) >= 4 and len(buf) >= 4 + int.from_bytes(buf[:4], "big"):
+            n = int.from_bytes(buf[:4], "big")
+            out.append(wire.loads(buf[4 : 4 + n]))
+            buf = buf[4 + n :]
+    return out
+
+
+@trio_test
+async def test_control_pipelined_burst_and_split_frames(env: Env, sock_path: str) -> None:
+    """Many requests in one send, and frames cut at every byte boundary: every
+    request is answered once, in order, and pins match the registrations."""
+    async with trio.open_nursery() as n:
+        await _serve(env, sock_path, n)
+        s = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        await s.connect(sock_path)
+        lease = {"id": 1, "op": "lease_acquire", "path": "A", "offset": 0, "length": 16 * BS}
+        await s.send(wire.frame(lease))
+        assert (await _read_frames(s, 1))[0]["ok"]
+        regs = b"".join(wire.frame({"id": 100 + i, "op": "register", "path": "A",
+                                    "offset": (i % 16) * BS, "length": BS})
+                        for i in range(64))
+        await s.send(regs)  # one burst
+        got = await _read_frames(s, 64)
+        assert [m["id"] for m in got] == list(range(100, 164))
+        assert all(m["ok"] and m["pages"] == 1 for m in got)
+        assert env.core.stats()["pinned_pages"] == 16  # distinct pages, 4 pins each
+        deregs = b"".join(wire.frame({"id": 200 + i, "op": "deregister", "mr": m["mr"]})
+                          for i, m in enumerate(got))
+        for cut in range(0, len(deregs), 7):  # split mid-header and mid-body
+            await s.send(deregs[cut : cut + 7])
+        got = await _read_frames(s, 64)
+        assert [m["id"] for m in got] == list(range(200, 264))
+        assert all(m["ok"] for m in got)
+        assert env.core.stats()["pinned_pages"] == 0
+        s.close()
+        n.cancel_scope.cancel()
+
+
+@trio_test
+async def test_outbox_bounded_and_drained_on_close() -> None:
+    box = Outbox(limit=3)
+    for i in range(5):
+        box.put(b"%d" % i)
+    assert box.dropped == 2
+    assert await box.take() == b"012"  # queued replies leave as one buffer
+    box.put(b"x")
+    box.close()
+    box.put(b"late")  # after close: not queued
+    assert await box.take() == b"x"
+    assert await box.take() == b""
+
+    box, got = Outbox(), []
+    async with trio.open_nursery() as n:
+        async def writer() -> None:
+            got.append(await box.take())
+
+        n.start_soon(writer)
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == []  # waits, event-driven, for the first reply
+        box.put(b"r")
+    assert got == [b"r"]
 
 
 @trio_test

@@ -102,6 +102,16 @@ def test_segments_over_holes():
     assert em.segments(0, 2) == [(0, HOLE, 2)]
 
 
+def test_mapped():
+    em = em_of((2, 100, 3), (5, 300, 2), (10, 50, 2))
+    assert em.mapped(2, 5)  # two runs, adjacent in the file
+    assert em.mapped(3, 1) and em.mapped(10, 2) and em.mapped(11, 1)
+    assert not em.mapped(1, 2)  # starts in a hole
+    assert not em.mapped(6, 2)  # runs into the hole at 7
+    assert not em.mapped(0, 1) and not em.mapped(12, 1) and not em.mapped(2, 11)
+    assert not ExtentMap().mapped(0, 1)
+
+
 def test_segments_adjacent_runs_stay_separate():
     em = em_of((0, 100, 2), (2, 300, 2))
     assert em.segments(1, 2) == [(1, 101, 1), (2, 300, 1)]
@@ -248,6 +258,7 @@ def test_random_model(seed):
             assert em.lookup(b) == model.get(b, HOLE)
         s, n = rng.randrange(span), rng.randint(1, 40)
         assert em.segments(s, n) == model_segments(model, s, n)
+        assert em.mapped(s, n) == all(b in model for b in range(s, s + n))
         b = rng.randrange(span + 5)
         data = [x for x in sorted(model) if x >= b]
         assert em.next_data(b) == (data[0] if data else None)
