@@ -72,6 +72,13 @@ class Bitmap:
         return int(bits[off : off + count].sum())
 
     def _set_range(self, start: int, count: int, value: int, track: bool = True) -> None:
+        if count == 1:  # an inode, a block: no unpack/pack of a numpy slice
+            b, m = start >> 3, 1 << (start & 7)
+            v = int(self.bits[b])
+            self.bits[b] = v | m if value else v & ~m
+            if track:
+                self.dirty.add(start // _BITS_PER_BLOCK)
+            return
         end = start + count
         b0, b1 = start >> 3, (end + 7) >> 3
         bits = np.unpackbits(self.bits[b0:b1], bitorder="little")
@@ -95,6 +102,12 @@ class Bitmap:
             if lo >= hi:
                 continue
             b0 = lo >> 3
+            # The goal's own byte first: with a cursor, that is where the space is.
+            byte = int(self.bits[b0])
+            if byte != 0xFF:
+                for i in range(lo, min(hi, (b0 + 1) * 8)):
+                    if not byte >> (i & 7) & 1:
+                        return i, self._run_length(i, min(limit, hi - i))
             # Start small: the goal is usually next to free space (a cursor), and
             # a 64 KiB scan per allocation was 5 % of a create.  Grow to 64 KiB.
             chunk = 64

@@ -79,6 +79,42 @@ def test_bitmap_find_free_wraps_once():
     assert b.find_free(0, 2) == (7, 2)
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_bitmap_random_against_a_set(seed):
+    """Single-bit and run updates, and find_free from any goal, against a model."""
+    import random
+
+    rng = random.Random(seed)
+    n = 3 * BITS // 2 + 13  # two bitmap blocks, the second one partly tail
+    bm = Bitmap(n, 2, 100, fmt.BT_BBITMAP)
+    bm.init_empty()
+    used: set[int] = set()
+    for _ in range(600):
+        start = rng.randrange(n)
+        count = 1 if rng.random() < 0.6 else rng.randint(1, min(40, n - start))
+        if rng.random() < 0.55:
+            bm._set_range(start, count, 1)
+            used.update(range(start, start + count))
+        else:
+            bm._set_range(start, count, 0)
+            used.difference_update(range(start, start + count))
+        goal, limit = rng.randrange(n), rng.randint(1, 20)
+        got = bm.find_free(goal, limit)
+        first = next((i for i in range(goal, n) if i not in used), None)
+        end = n
+        if first is None:  # wrapped once
+            first, end = next((i for i in range(goal) if i not in used), None), goal
+        if first is None:
+            assert got is None
+            continue
+        run = 1
+        while run < limit and first + run < end and first + run not in used:
+            run += 1
+        assert got == (first, run)
+    assert all(bm.test(i) == (i in used) for i in range(n))
+    assert all(bm.test(i) for i in range(n, len(bm.bits) * 8))  # the tail stays set
+
+
 def test_bitmap_dirty_tracking_per_block():
     b = Bitmap(3 * BITS, 3, 100, fmt.BT_BBITMAP)
     b.init_empty()
