@@ -177,16 +177,18 @@ class _Slot:
     comp: Completion | None = None
 
 
-def _fuse_info() -> dict[str, int]:
-    """The FUSE extension's counters (reader threads, fast/slow requests), if loaded."""
+def _fuse_info() -> dict[str, Any]:
+    """The FUSE extension's counters (reader threads, fast/slow requests, the slow
+    ones by opcode), if loaded."""
     from . import fuse_ext
 
     if not fuse_ext.installed():
         return {}
     info = fuse_ext.info()
-    keys = ("reader_threads", "fast_reads", "fast_writes", "slow_requests", "requests",
+    keys = ("reader_threads", "fast_reads", "fast_writes", "fast_getattrs", "slow_requests",
+            "requests",
             "interrupts", "init_patched", "sent_max_pages")
-    return {k: info[k] for k in keys}
+    return {**{k: info[k] for k in keys}, "slow_by_opcode": fuse_ext.slow_by_opcode()}
 
 
 # Requests handled in the connection's reader, in order, without a task of their

@@ -135,7 +135,7 @@ def serve(image: str, mountpoint: str, opts: DaemonOptions, *, ready_fd: int | N
     import pyfuse3
     import trio
 
-    from .fuse_ops import ExtOperations, Operations
+    from .fuse_ops import ATTR_TIMEOUT, ExtOperations, Operations
 
     if not os.path.isdir(mountpoint):
         report(f"mountpoint {mountpoint} is not a directory")
@@ -178,8 +178,9 @@ def serve(image: str, mountpoint: str, opts: DaemonOptions, *, ready_fd: int | N
         report(f"cannot create the control socket: {e}")
         return 1
     if have_ext:
-        # C threads serve reads and in-place overwrites; pyfuse3 the rest.
-        fuse_ext.configure_fast(core, opts.fast_threads)
+        # C threads serve reads, in-place overwrites and GETATTR of inodes whose
+        # attributes the filesystem published; pyfuse3 the rest.
+        fuse_ext.configure_fast(core, opts.fast_threads, attr_timeout=ATTR_TIMEOUT)
     fuse_options = set(pyfuse3.default_options)
     fuse_options |= {f"fsname={os.path.abspath(image)}", "subtype=daxfs", *opts.fuse}
     try:

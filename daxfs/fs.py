@@ -82,6 +82,9 @@ class LayoutHooks(Protocol):
     def atime_next(self, ino: int, when: int) -> None: ...
     def writable(self, on: bool) -> None: ...
     def stamps(self) -> list[tuple[int, int, int]]: ...
+    # ... and answers GETATTR from a copy of the attributes (any inode).
+    def attrs(self, ino: int, d: fmt.DiskInode) -> bool: ...
+    def attrs_stale(self, ino: int) -> None: ...
 
 
 class NullHooks:
@@ -113,6 +116,12 @@ class NullHooks:
 
     def stamps(self) -> list[tuple[int, int, int]]:
         return []
+
+    def attrs(self, ino: int, d: fmt.DiskInode) -> bool:
+        return False
+
+    def attrs_stale(self, ino: int) -> None:
+        pass
 
 
 @dataclass
@@ -151,6 +160,9 @@ class Filesystem:
         self.journal = Journal(self.ops, self._read_raw, sb)
         self.cache: dict[int, Inode] = {}
         self.dirty: set[int] = set()
+        # Inodes whose attributes changed, or were just told to the kernel, since
+        # the fast path's copies were last brought up to date (publish_attrs).
+        self.attrs_touched: set[int] = set()
         self.dirty_ext: set[int] = set()
         self.dirty_xattr: set[int] = set()
         self.dirty_dirs: set[int] = set()
@@ -223,7 +235,7 @@ class Filesystem:
         map already in memory."""
         self.hooks = hooks
         for inode in self.cache.values():
-            inode.published = False
+            inode.published = inode.attrs_out = False
             if inode.ext is not None:
                 for lblk, pblk, count in inode.ext.runs():
                     hooks.mapped(inode.ino, lblk, pblk, count)
@@ -326,12 +338,38 @@ class Filesystem:
         return inode
 
     def _dirty(self, inode: Inode) -> None:
+        """Every change of an inode comes here (the journal must see it), in the
+        same synchronous call as the change itself."""
         if inode.ino not in self.dirty:
             self.dirty.add(inode.ino)
             self.txn_weight += 1
         if inode.published:
             # Its times changed: relatime may now want the next read's atime.
             self.hooks.atime_next(inode.ino, 0)
+        if inode.attrs_out:
+            # At once: a GETATTR a reader thread takes now must come to us.
+            self.hooks.attrs_stale(inode.ino)
+            inode.attrs_out = False
+        if self.hooks.fast:
+            self.attrs_touched.add(inode.ino)
+
+    def attrs_answered(self, inode: Inode) -> None:
+        """The kernel was just told inode's attributes: let the fast path repeat them."""
+        if self.hooks.fast and not inode.attrs_out:
+            self.attrs_touched.add(inode.ino)
+
+    def publish_attrs(self) -> None:
+        """Give the fast path a copy of the attributes of each inode changed or
+        answered since the last call.  Called at the end of every request, before
+        its reply: fs methods are synchronous and call _dirty with each change, so
+        no inode is half-changed here, and the kernel never hears of a change the
+        copy lacks."""
+        touched, self.attrs_touched = self.attrs_touched, set()
+        for ino in touched:
+            inode = self.cache.get(ino)
+            if inode is not None and not inode.attrs_out:
+                # False while fast-path stamps wait: the next request publishes it.
+                inode.attrs_out = self.hooks.attrs(ino, inode.d)
 
     def _set_size(self, inode: Inode, size: int) -> None:
         """The one place a regular file's size changes (the fast path must know)."""
@@ -526,7 +564,7 @@ class Filesystem:
                     if not n.lookups and not n.opens and i != fmt.ROOT_INO
                     and not n.is_dir()]:
             inode = self.cache.pop(ino)
-            if inode.ext is not None:
+            if inode.ext is not None or inode.attrs_out:
                 self.hooks.dropped(ino)
 
     def fsync(self, ino: int | None, datasync: bool = False) -> None:

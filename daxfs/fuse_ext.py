@@ -205,22 +205,29 @@ def configure(*, direct_io_allow_mmap: bool = True, max_pages: int | None = None
     _lib.fuseext_configure(_config["direct_io_allow_mmap"], _config["max_pages"])
 
 
-def configure_fast(core: Any | None, threads: int = 2) -> None:
+def configure_fast(core: Any | None, threads: int = 2,
+                   attr_timeout: float | None = None) -> None:
     """Serve reads and in-place overwrites from C reader threads over ``core``'s
     fast path (a `daxfs.native.Core`, None = off); effective at the next mount.
 
     ``threads`` readers own /dev/fuse; everything they do not serve goes on to
-    pyfuse3 as before.  The core must outlive the session (or `stop_fast`)."""
+    pyfuse3 as before.  With ``attr_timeout`` (seconds, > 0) they also answer
+    GETATTR from the attributes the filesystem published in the core, with
+    that timeout.  The core must outlive the session (or `stop_fast`)."""
     install()
     if core is None or threads <= 0:
-        r = _lib.fuseext_fast_configure(0, 0, 0, 0, 0, 0, 0)
+        r = _lib.fuseext_fast_configure(0, 0, 0, 0, 0, 0, 0, 0, 0)
     else:
         fns = core.fast_entry_points()
+        getattr_fn, valid_ns = 0, 0
+        if attr_timeout:
+            getattr_fn, valid_ns = fns["daxfs_fast_getattr"], int(attr_timeout * 1e9)
         r = _lib.fuseext_fast_configure(core.address, core.base,
                                         fns["daxfs_fast_read_begin"],
                                         fns["daxfs_fast_read_end"],
                                         fns["daxfs_fast_write"],
-                                        fns["daxfs_fast_nocaps"], threads)
+                                        fns["daxfs_fast_nocaps"], getattr_fn, valid_ns,
+                                        threads)
     if r < 0:
         raise OSError(-r, f"fuseext_fast_configure: {os.strerror(-r)}")
 
@@ -237,6 +244,31 @@ def info() -> dict[str, int]:
     out = ffi.new("struct fuseext_info *")
     lib.fuseext_get_info(out)
     return {name: int(getattr(out, name)) for name, _ in ffi.typeof("struct fuseext_info").fields}
+
+
+# FUSE opcodes by number (linux/fuse.h), for the request mix in status.
+_OPCODE_NAMES = {
+    1: "LOOKUP", 2: "FORGET", 3: "GETATTR", 4: "SETATTR", 5: "READLINK", 6: "SYMLINK",
+    8: "MKNOD", 9: "MKDIR", 10: "UNLINK", 11: "RMDIR", 12: "RENAME", 13: "LINK",
+    14: "OPEN", 15: "READ", 16: "WRITE", 17: "STATFS", 18: "RELEASE", 20: "FSYNC",
+    21: "SETXATTR", 22: "GETXATTR", 23: "LISTXATTR", 24: "REMOVEXATTR", 25: "FLUSH",
+    26: "INIT", 27: "OPENDIR", 28: "READDIR", 29: "RELEASEDIR", 30: "FSYNCDIR",
+    31: "GETLK", 32: "SETLK", 33: "SETLKW", 34: "ACCESS", 35: "CREATE", 36: "INTERRUPT",
+    37: "BMAP", 38: "DESTROY", 39: "IOCTL", 40: "POLL", 41: "NOTIFY_REPLY",
+    42: "BATCH_FORGET", 43: "FALLOCATE", 44: "READDIRPLUS", 45: "RENAME2", 46: "LSEEK",
+    47: "COPY_FILE_RANGE", 48: "SETUPMAPPING", 49: "REMOVEMAPPING", 50: "SYNCFS",
+    51: "TMPFILE", 52: "STATX",
+}
+
+
+def slow_by_opcode() -> dict[str, int]:
+    """Requests the C readers handed to Python, by FUSE opcode name (nonzero only)."""
+    ffi, lib = _require()
+    n = int(lib.FUSEEXT_OPCODES)
+    out = ffi.new("uint64_t[]", n)
+    n = lib.fuseext_slow_by_opcode(out, n)
+    return {_OPCODE_NAMES.get(i, f"op{i}" if i else "other"): int(out[i])
+            for i in range(n) if out[i]}
 
 
 @contextmanager

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 ATTR_TIMEOUT = 1.0
-ENTRY_TIMEOUT = 1.0
+ENTRY_TIMEOUT = 60.0
 
 
 def _translate(fn: F) -> F:
@@ -49,6 +49,9 @@ def _translate(fn: F) -> F:
             # A bug must cost one request, never the mount.
             log.exception("%s%r failed", fn.__name__, args[:2])
             raise pyfuse3.FUSEError(errno.EIO) from None
+        finally:
+            if self.fs.attrs_touched:  # before pyfuse3 sends the reply
+                self.fs.publish_attrs()
 
     return cast(F, wrapper)
 
@@ -193,7 +196,9 @@ class Operations(pyfuse3.Operations):
 
     # -- helpers -----------------------------------------------------------------
 
-    _attr = staticmethod(_entry_attributes)
+    def _attr(self, inode: Inode) -> pyfuse3.EntryAttributes:
+        self.fs.attrs_answered(inode)  # the next GETATTR of it may be answered in C
+        return _entry_attributes(inode)
 
     def _entry(self, inode: Inode) -> pyfuse3.EntryAttributes:
         inode.lookups += 1
@@ -357,7 +362,8 @@ class Operations(pyfuse3.Operations):
             state[1] = self.fs.readdir_horizon(ino)
         for name, child, cookie in self.fs.readdir(ino, start_id, state[1]):
             node = self.fs.get(child)
-            if not pyfuse3.readdir_reply(token, name, self._attr(node), cookie):
+            # Not self._attr: a listing would give the core a copy of every entry.
+            if not pyfuse3.readdir_reply(token, name, _entry_attributes(node), cookie):
                 break
             if name not in (b".", b".."):
                 node.lookups += 1  # readdirplus: the kernel now holds a reference
@@ -442,6 +448,9 @@ class ExtOperations:
             raise OSError(errno.EIO, "metadata corruption") from None
         except FsError as e:
             raise OSError(e.errno, os.strerror(e.errno)) from None
+        finally:
+            if self.fs.attrs_touched:
+                self.fs.publish_attrs()
 
     async def fallocate(self, ino: int, fh: int, mode: int, offset: int, length: int,
                         interrupted: Any = None, *, ctx: Mapping[str, int] | None = None) -> None:

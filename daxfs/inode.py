@@ -19,7 +19,7 @@ class Inode:
     an inode with nlink 0 is freed when both reach 0."""
 
     __slots__ = ("ino", "d", "ext", "ext_leaves", "xattrs", "xattr_blocks", "dir",
-                 "symlink", "lookups", "opens", "published", "__weakref__")
+                 "symlink", "lookups", "opens", "published", "attrs_out", "__weakref__")
 
     def __init__(self, ino: int, d: fmt.DiskInode) -> None:
         self.ino = ino
@@ -34,6 +34,8 @@ class Inode:
         self.opens = 0
         # Its size and complete pfn map are in the core: the fast path serves it.
         self.published = False
+        # A copy of its attributes is in the core: the fast path answers GETATTR.
+        self.attrs_out = False
 
     def __repr__(self) -> str:
         return (f"<Inode {self.ino} mode={self.d.mode:o} nlink={self.d.nlink} "

@@ -44,7 +44,7 @@ except ImportError as exc:  # pragma: no cover - depends on the install
     ) from exc
 
 #: The C core interface version this module speaks (native/daxfs_core.h).
-EXPECTED_CORE_VERSION: Final = 2
+EXPECTED_CORE_VERSION: Final = 3
 
 
 def _core_version() -> int:
@@ -368,6 +368,7 @@ class Core:
         self._runs_buf = _ffi.new("struct daxfs_run[]", _RUNS_CACHED)
         self._runs_n = _ffi.new("uint64_t *")
         self._runs_lock = threading.Lock()
+        self._attr_buf = _ffi.new("struct daxfs_attr *")  # trio thread only
         self.dma = DMAEngine(self)
 
     @property
@@ -575,7 +576,33 @@ class Core:
         """Addresses of the data-path functions, for fuseext's reader threads."""
         return {name: int(_ffi.cast("uintptr_t", _ffi.addressof(_lib, name)))
                 for name in ("daxfs_fast_read_begin", "daxfs_fast_read_end",
-                             "daxfs_fast_write", "daxfs_fast_nocaps")}
+                             "daxfs_fast_write", "daxfs_fast_nocaps", "daxfs_fast_getattr")}
+
+    def fast_set_attr(self, ino: int, size: int, blocks: int, atime: int, mtime: int,
+                      ctime: int, mode: int, nlink: int, uid: int, gid: int,
+                      rdev: int) -> bool:
+        """Publish getattr's answer for ino (blocks: 512-byte units, times: ns).
+        False if not published because fast-path stamps wait to be drained."""
+        a = self._attr_buf
+        a.ino, a.size, a.blocks = ino, size, blocks
+        a.atime, a.mtime, a.ctime = atime, mtime, ctime
+        a.mode, a.nlink, a.uid, a.gid, a.rdev = mode, nlink, uid, gid, rdev
+        r = _lib.daxfs_fast_set_attr(self._p, a)
+        if r == -_errno.EAGAIN:
+            return False
+        _check(r, "fast_set_attr")
+        return True
+
+    def fast_clear_attr(self, ino: int) -> None:
+        _lib.daxfs_fast_clear_attr(self._p, ino)  # -ENOENT: nothing was published
+
+    def fast_getattr(self, ino: int) -> dict[str, int] | None:
+        """The published attributes of ino, or None (tests and status)."""
+        out = _ffi.new("struct daxfs_attr *")
+        if _lib.daxfs_fast_getattr(self._p, ino, out) < 0:
+            return None
+        return {name: int(getattr(out, name)) for name, _ in _ffi.typeof(
+            "struct daxfs_attr").fields}
 
     def fast_publish(self, ino: int, size: int, atime_next: int) -> None:
         _check(_lib.daxfs_fast_publish(self._p, ino, size, atime_next), "fast_publish")

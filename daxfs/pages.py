@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 
+from .format import DiskInode
 from .native import Core
 
 log = logging.getLogger(__name__)
@@ -54,3 +55,10 @@ class CoreHooks:
 
     def stamps(self) -> list[tuple[int, int, int]]:
         return self.core.fast_drain()
+
+    def attrs(self, ino: int, d: DiskInode) -> bool:
+        return self.core.fast_set_attr(ino, d.size, d.nblocks * 8, d.atime, d.mtime, d.ctime,
+                                       d.mode, d.nlink, d.uid, d.gid, d.rdev)
+
+    def attrs_stale(self, ino: int) -> None:
+        self.core.fast_clear_attr(ino)

@@ -85,4 +85,5 @@ void daxfs_core_stats(daxfs_core *c, struct daxfs_stats *s)
     s->fast_write_bytes = atomic_load(&c->fast.write_bytes);
     s->fast_fallbacks = atomic_load(&c->fast.fallbacks);
     s->fast_pending = atomic_load(&c->fast.pending);
+    s->fast_getattrs = atomic_load(&c->fast.getattrs);
 }

@@ -79,6 +79,10 @@ struct dx_inode {
     _Atomic int64_t rtime;          /* last fast read due an atime, 0 = none */
     _Atomic int64_t atime_next;     /* a read at or after this needs atime */
     _Atomic uint32_t nocaps;        /* no security.capability xattr */
+    /* getattr's answer, valid while attr_valid; written under lock (write),
+     * read under lock (read); cleared with the stamps, under lock (read). */
+    struct daxfs_attr attr;
+    _Atomic uint32_t attr_valid;
 };
 
 /* ---- waiters ---- */
@@ -141,6 +145,7 @@ struct dx_fast {
     _Atomic uint64_t pending;   /* == ndirty, readable without the lock */
     _Atomic uint32_t writable;  /* fast writes allowed (mount is rw) */
     _Atomic uint64_t reads, writes, read_bytes, write_bytes, fallbacks;
+    _Atomic uint64_t getattrs;
 };
 
 /* ---- collisions ---- */

@@ -48,7 +48,7 @@
 
 /* Bump on any change of this interface or of behaviour the Python side
  * relies on; daxfs/native.py refuses a core of another version. */
-#define DAXFS_CORE_VERSION 2
+#define DAXFS_CORE_VERSION 3
 
 #define DAXFS_PAGE_SIZE 4096
 /* File page indexes are stored in 32 bits in the page table (the same
@@ -160,6 +160,7 @@ struct daxfs_stats {
     uint64_t fast_write_bytes;
     uint64_t fast_fallbacks;    /* handed back (-EAGAIN) to the slow path */
     uint64_t fast_pending;      /* inodes with stamps not yet drained */
+    uint64_t fast_getattrs;     /* attributes answered from a published copy */
 };
 
 /* One piece of a fast read: dev_off into the pmem mapping, or
@@ -185,6 +186,16 @@ struct daxfs_fast_stamp {
     uint64_t ino;
     int64_t wtime;      /* last fast write, CLOCK_REALTIME ns; 0 = none */
     int64_t rtime;      /* last fast read that was due an atime; 0 = none */
+};
+
+/* An inode's attributes as the filesystem answers getattr (times in
+ * CLOCK_REALTIME ns, blocks in 512-byte units). */
+struct daxfs_attr {
+    uint64_t ino;
+    uint64_t size;
+    uint64_t blocks;
+    int64_t atime, mtime, ctime;
+    uint32_t mode, nlink, uid, gid, rdev;
 };
 
 uint32_t daxfs_core_version(void);
@@ -361,6 +372,16 @@ uint64_t daxfs_fast_pending(daxfs_core *c);
 /* Move up to max stamps (clearing them) to out; returns the number. */
 int64_t daxfs_fast_drain(daxfs_core *c, struct daxfs_fast_stamp *out,
                          uint64_t max);
+
+/* Attributes (any inode, not only published files).  The filesystem
+ * publishes a copy after it changed an inode, and clears it the moment it
+ * changes one; a fast write or a read due an atime clears it too (their
+ * stamps are not in the copy).  set_attr publishes nothing (-EAGAIN) while
+ * the inode has stamps not yet drained. */
+int daxfs_fast_set_attr(daxfs_core *c, const struct daxfs_attr *a);
+int daxfs_fast_clear_attr(daxfs_core *c, uint64_t ino);
+/* Copy ino's published attributes to *out: 0, or -EAGAIN (none: slow path). */
+int daxfs_fast_getattr(daxfs_core *c, uint64_t ino, struct daxfs_attr *out);
 
 /* Read [off, off+len) of ino: pins the mapped pages, fills rd with the
  * pieces (clipped at the file size), returns the byte count (0 at or past

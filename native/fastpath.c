@@ -22,6 +22,13 @@
  * answers any request and before every commit, so getattr, fsync and the
  * journal always see the times of every write that completed.
  *
+ * Attributes: the filesystem also publishes getattr's answer per inode
+ * (struct daxfs_attr), so a GETATTR - the kernel asks one for a directory
+ * after every create or unlink in it - costs no Python.  The copy is cleared
+ * under inode->lock (read) wherever a stamp is stored, and set_attr, under
+ * inode->lock (write), refuses while stamps wait: a published copy never
+ * misses a write or atime it would have shown.
+ *
  * Memory order: stamps are stored before `queued` is tested-and-set, and
  * the drain clears `queued` before taking the stamps; so a stamp stored
  * after the drain took them finds `queued` clear and queues the inode again.
@@ -240,6 +247,68 @@ int64_t daxfs_fast_drain(daxfs_core *c, struct daxfs_fast_stamp *out,
     return (int64_t)n;
 }
 
+/* ---- attributes ---- */
+
+int daxfs_fast_set_attr(daxfs_core *c, const struct daxfs_attr *a)
+{
+    struct dx_inode *in;
+    int r = 0;
+    bool wr;
+
+    if (a->ino == 0)
+        return -EINVAL;
+    in = pm_get(c, a->ino, true, &wr);
+    if (!in) {
+        pm_put(c);
+        return -ENOMEM;
+    }
+    pthread_rwlock_wrlock(&in->lock);
+    if (atomic_load(&in->wtime) || atomic_load(&in->rtime)) {
+        atomic_store(&in->attr_valid, 0);
+        r = -EAGAIN;
+    } else {
+        in->attr = *a;
+        atomic_store(&in->attr_valid, 1);
+    }
+    pthread_rwlock_unlock(&in->lock);
+    pm_put(c);
+    return r;
+}
+
+static void clear_attr(struct dx_inode *in, uint64_t unused)
+{
+    (void)unused;
+    atomic_store(&in->attr_valid, 0);
+}
+
+int daxfs_fast_clear_attr(daxfs_core *c, uint64_t ino)
+{
+    /* No lock: a single store, and whoever reads the copy tests the flag
+     * under the lock after this store is visible. */
+    return with_inode(c, ino, clear_attr, 0);
+}
+
+int daxfs_fast_getattr(daxfs_core *c, uint64_t ino, struct daxfs_attr *out)
+{
+    struct dx_inode *in;
+    int r = -EAGAIN;
+    bool wr;
+
+    in = pm_get(c, ino, false, &wr);
+    if (in) {
+        pthread_rwlock_rdlock(&in->lock);
+        if (atomic_load(&in->attr_valid)) {
+            *out = in->attr;
+            r = 0;
+        }
+        pthread_rwlock_unlock(&in->lock);
+    }
+    pm_put(c);
+    if (r == 0)
+        atomic_fetch_add_explicit(&c->fast.getattrs, 1, memory_order_relaxed);
+    return r;
+}
+
 /* ---- the data path (C threads) ---- */
 
 /* inode->lock held (read).  Unpin what a failed attempt pinned. */
@@ -364,6 +433,7 @@ int64_t daxfs_fast_read_begin(daxfs_core *c, uint64_t ino, uint64_t off,
 
         if (t >= atomic_load(&in->atime_next)) {
             atomic_store(&in->rtime, t);
+            atomic_store(&in->attr_valid, 0);
             queue_dirty(c, in);
         }
     }
@@ -438,10 +508,13 @@ out_put:
      * flushes the file's pages flushes this write too. */
     in = pm_get(c, ino, false, &wr);
     if (in) {
+        pthread_rwlock_rdlock(&in->lock);  /* orders us with set_attr */
         atomic_store(&in->wtime, now_ns());
+        atomic_store(&in->attr_valid, 0);
         /* mtime moved past atime: relatime wants the next read's atime. */
         atomic_store(&in->atime_next, 0);
         queue_dirty(c, in);
+        pthread_rwlock_unlock(&in->lock);
     }
     pm_put(c);
     for (uint64_t i = 0; i < nruns; i++)

@@ -132,6 +132,7 @@ struct fuseext_info {
     int reader_threads;      /* C threads reading /dev/fuse (0: pyfuse3 alone) */
     uint64_t fast_reads;     /* requests the readers answered themselves */
     uint64_t fast_writes;
+    uint64_t fast_getattrs;  /* GETATTR answered from the core's attr copy */
     uint64_t slow_requests;  /* requests the readers passed to libfuse */
 };
 
@@ -141,6 +142,10 @@ struct fuseext_info {
  * max_pages == 0 leaves libfuse's value. */
 void fuseext_configure(int direct_io_allow_mmap, int max_pages);
 void fuseext_get_info(struct fuseext_info *out);
+/* Requests the readers handed to libfuse (not served in C), by FUSE opcode
+ * (index 0: opcodes >= FUSEEXT_OPCODES).  Fills out[0..n), returns the count. */
+#define FUSEEXT_OPCODES 64
+int fuseext_slow_by_opcode(uint64_t *out, int n);
 
 /* Non-blocking eventfd that becomes readable when events are queued, or
  * -errno. */
@@ -168,12 +173,14 @@ int fuseext_reply_all(int err);
 
 /* The fast data path: a daxfs core (pointer as an integer, 0 = none), its
  * pmem mapping and the addresses of daxfs_fast_read_begin / _read_end /
- * daxfs_fast_write / daxfs_fast_nocaps; `threads` reader threads start at
+ * daxfs_fast_write / daxfs_fast_nocaps, and of daxfs_fast_getattr (0: GETATTR
+ * always goes to Python) with the attr timeout its replies carry (ns, > 0);
+ * `threads` reader threads start at
  * the next fuse_session_mount.  -EBUSY while readers run, -EINVAL on bad
  * values. */
 int fuseext_fast_configure(uintptr_t core, uintptr_t base, uintptr_t read_begin,
                            uintptr_t read_end, uintptr_t write, uintptr_t nocaps,
-                           int threads);
+                           uintptr_t getattr, uint64_t attr_valid_ns, int threads);
 /* Join the reader threads and close the device fd now (idempotent); the
  * session's own unmount / destroy do the same. */
 void fuseext_fast_stop(void);

@@ -191,6 +191,60 @@ def test_dropped_inode_stamps_are_skipped(core):
     assert core.fast_pending() == 0
 
 
+ATTR = dict(size=5000, blocks=16, atime=-1_500_000_000, mtime=2 * 10**18, ctime=3,
+            mode=0o100644, nlink=1, uid=1000, gid=100, rdev=0)
+
+
+def test_attr_publish_get_clear(core):
+    assert core.fast_getattr(INO) is None  # nothing published: slow path
+    core.fast_clear_attr(INO)  # clearing nothing is fine
+    assert core.fast_set_attr(INO, **ATTR)
+    assert core.fast_getattr(INO) == {"ino": INO, **ATTR}
+    assert core.stats()["fast_getattrs"] == 1
+    assert core.fast_set_attr(INO, **{**ATTR, "nlink": 2})  # a newer copy replaces it
+    assert core.fast_getattr(INO)["nlink"] == 2
+    core.fast_clear_attr(INO)
+    assert core.fast_getattr(INO) is None
+    assert core.stats()["fast_getattrs"] == 2
+    core.fast_set_attr(INO, **ATTR)
+    core.drop_inode(INO)  # an inode the filesystem let go of takes its copy along
+    assert core.fast_getattr(INO) is None
+
+
+def test_attr_of_any_inode_not_only_published_files(core):
+    assert core.fast_set_attr(1, **{**ATTR, "mode": 0o40755, "nlink": 7})
+    assert not core.fast_published(1)  # attributes do not publish the data path
+    assert core.fast_getattr(1)["nlink"] == 7
+    assert core.fast_read(1, 0, 10) is None
+
+
+def test_fast_write_clears_attr_and_blocks_publish_until_drained(core):
+    give(core, INO, 0, 10, 1)
+    core.fast_publish(INO, PAGE_SIZE, 2**63 - 1)
+    assert core.fast_set_attr(INO, **ATTR)
+    core.fast_write(INO, 0, b"w")
+    assert core.fast_getattr(INO) is None  # the copy lacks the write's mtime
+    assert not core.fast_set_attr(INO, **ATTR)  # stamps wait: refused
+    assert core.fast_getattr(INO) is None
+    assert [s[0] for s in core.fast_drain()] == [INO]
+    assert core.fast_set_attr(INO, **ATTR)  # folded: a copy may go out again
+    assert core.fast_getattr(INO) is not None
+
+
+def test_read_due_atime_clears_attr(core):
+    give(core, INO, 0, 10, 1)
+    core.fast_publish(INO, PAGE_SIZE, time.time_ns() + 3600 * 10**9)
+    core.fast_set_attr(INO, **ATTR)
+    core.fast_read(INO, 0, 10)
+    assert core.fast_getattr(INO) is not None  # relatime: no atime due, copy stays
+    core.fast_set_atime_next(INO, 0)
+    core.fast_read(INO, 0, 10)
+    assert core.fast_getattr(INO) is None
+    assert not core.fast_set_attr(INO, **ATTR)
+    core.fast_drain()
+    assert core.fast_set_attr(INO, **ATTR)
+
+
 def test_concurrent_writers_and_truncate_never_collide(core, pm):
     """Writers hammer a range while a 'truncate' blocks it, waits for the pins,
     frees and remaps it: no page is freed under a copy (no collision), and the

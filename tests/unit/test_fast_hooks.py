@@ -28,6 +28,9 @@ class RecordingHooks(NullHooks):
         self.atime_nexts: dict[int, int] = {}
         self.pending: list[tuple[int, int, int]] = []
         self.writable_calls: list[bool] = []
+        self.attr_copies: dict[int, tuple[int, ...]] = {}  # ino -> (size, nlink, mtime)
+        self.refuse_attrs = False  # as the core does while stamps wait
+        self.dropped_inos: list[int] = []
 
     def mapped(self, ino: int, lblk: int, pblk: int, count: int) -> None:
         self.maps.setdefault(ino, set()).update(range(lblk, lblk + count))
@@ -52,6 +55,19 @@ class RecordingHooks(NullHooks):
     def stamps(self) -> list[tuple[int, int, int]]:
         out, self.pending = self.pending, []
         return out
+
+    def attrs(self, ino: int, d: fmt.DiskInode) -> bool:
+        if self.refuse_attrs:
+            return False
+        self.attr_copies[ino] = (d.size, d.nlink, d.mtime)
+        return True
+
+    def attrs_stale(self, ino: int) -> None:
+        del self.attr_copies[ino]  # KeyError: cleared a copy it never published
+
+    def dropped(self, ino: int) -> None:
+        self.dropped_inos.append(ino)
+        self.attr_copies.pop(ino, None)
 
 
 @pytest.fixture
@@ -177,3 +193,63 @@ def test_readonly_mount_never_due_an_atime(mount, image):
     fs.open(ino)
     assert hooks.published[ino] == BS
     assert hooks.atime_nexts[ino] == 2**63 - 1
+
+
+# -- attribute copies (GETATTR in C) ---------------------------------------------------
+
+
+def test_attrs_published_at_request_end_and_cleared_on_change(fsh) -> None:
+    fs, hooks = fsh
+    ino = new_file(fs, b"f", b"x" * 100)
+    assert hooks.attr_copies == {}  # nothing goes out in the middle of a request
+    fs.publish_attrs()
+    assert set(hooks.attr_copies) == {ROOT, ino}  # the file, and its changed parent
+    assert hooks.attr_copies[ino][:2] == (100, 1)
+    fs.write(ino, 100, b"y")  # a change: the copy goes at once
+    assert ino not in hooks.attr_copies and ROOT in hooks.attr_copies
+    fs.publish_attrs()
+    assert hooks.attr_copies[ino][0] == 101
+    fs.publish_attrs()  # nothing touched since: nothing republished
+    assert fs.attrs_touched == set()
+
+
+def test_attrs_answered_are_published_once(fsh) -> None:
+    fs, hooks = fsh
+    ino = new_file(fs, b"f")
+    fs.publish_attrs()
+    hooks.attr_copies.clear()
+    fs.get(ino).attrs_out = False  # as after a remount: the core has no copy
+    fs.attrs_answered(fs.get(ino))
+    fs.publish_attrs()
+    assert ino in hooks.attr_copies
+    fs.attrs_answered(fs.get(ino))  # the core already has it: nothing to do
+    assert fs.attrs_touched == set()
+
+
+def test_attrs_refused_while_stamps_wait_are_retried(fsh) -> None:
+    fs, hooks = fsh
+    ino = new_file(fs, b"f", b"x")
+    hooks.refuse_attrs = True
+    fs.publish_attrs()
+    assert not fs.get(ino).attrs_out and hooks.attr_copies == {}
+    hooks.refuse_attrs = False
+    fs.attrs_answered(fs.get(ino))  # the next request that tells the kernel
+    fs.publish_attrs()
+    assert ino in hooks.attr_copies
+
+
+def test_destroyed_inode_is_not_published(fsh) -> None:
+    fs, hooks = fsh
+    ino = new_file(fs, b"f", b"x")
+    fs.publish_attrs()
+    fs.unlink(ROOT, b"f")  # no kernel references, no opens: freed now
+    assert ino in hooks.dropped_inos and ino not in hooks.attr_copies
+    fs.publish_attrs()
+    assert ino not in hooks.attr_copies
+    assert hooks.attr_copies[ROOT][1] == 2
+
+
+def test_null_hooks_track_nothing(mount: Callable[..., Filesystem]) -> None:
+    fs = mount()
+    new_file(fs, b"f", b"x")
+    assert fs.attrs_touched == set()  # no fast path: no bookkeeping either
