@@ -185,8 +185,8 @@ def _fuse_info() -> dict[str, Any]:
     if not fuse_ext.installed():
         return {}
     info = fuse_ext.info()
-    keys = ("reader_threads", "fast_reads", "fast_writes", "fast_getattrs", "slow_requests",
-            "requests",
+    keys = ("reader_threads", "fast_reads", "fast_writes", "fast_getattrs", "deferred",
+            "slow_requests", "requests",
             "interrupts", "init_patched", "sent_max_pages")
     return {**{k: info[k] for k in keys}, "slow_by_opcode": fuse_ext.slow_by_opcode()}
 

@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import runtime
@@ -181,6 +182,10 @@ def serve(image: str, mountpoint: str, opts: DaemonOptions, *, ready_fd: int | N
         # C threads serve reads, in-place overwrites and GETATTR of inodes whose
         # attributes the filesystem published; pyfuse3 the rest.
         fuse_ext.configure_fast(core, opts.fast_threads, attr_timeout=ATTR_TIMEOUT)
+        # ... and record FORGET / RELEASE for ops to apply in bulk (catch_up).
+        fuse_ext.set_defer(True)
+        ops.deferred = (fuse_ext.deferred_pending, fuse_ext.take_deferred)
+        ext_ops.catch_up = ops.catch_up
     fuse_options = set(pyfuse3.default_options)
     fuse_options |= {f"fsname={os.path.abspath(image)}", "subtype=daxfs", *opts.fuse}
     try:
@@ -202,7 +207,7 @@ def serve(image: str, mountpoint: str, opts: DaemonOptions, *, ready_fd: int | N
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_signals, nursery)
-            nursery.start_soon(_commit_timer, fs, opts.commit_interval)
+            nursery.start_soon(_commit_timer, fs, ops.catch_up, opts.commit_interval)
             await nursery.start(layouts.run)
             await nursery.start(control.serve)
             if have_ext:
@@ -231,6 +236,7 @@ def serve(image: str, mountpoint: str, opts: DaemonOptions, *, ready_fd: int | N
         try:
             if have_ext:
                 fuse_ext.stop_fast()  # no reader may touch the core once it is gone
+                ops.catch_up()  # the last releases and forgets the readers recorded
             core.dma.shutdown()  # no DMA may touch the mapping once it is gone
             fs.close()
             core.close()
@@ -242,12 +248,13 @@ def serve(image: str, mountpoint: str, opts: DaemonOptions, *, ready_fd: int | N
     return status
 
 
-async def _commit_timer(fs: Filesystem, interval: float) -> None:
+async def _commit_timer(fs: Filesystem, catch_up: Callable[[], None],
+                        interval: float) -> None:
     import trio
 
     while True:
         await trio.sleep(interval)  # periodic commit, like ext4's commit=5; not a poll
-        fs.sync_fast()
+        catch_up()  # what the C readers left (deferred releases, fast-path times)
         if fs.dirty or fs.data_dirty or fs.dirty_dirs or fs.dirty_ext or fs.dirty_xattr:
             fs.commit()
 

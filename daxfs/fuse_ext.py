@@ -261,6 +261,37 @@ _OPCODE_NAMES = {
 }
 
 
+DEFERRED_FORGET = 2
+DEFERRED_RELEASE = 18
+DEFERRED_RELEASEDIR = 29
+_TAKE_BATCH = 1024
+_take_buf: Any = None
+
+
+def set_defer(on: bool) -> None:
+    """Let the reader threads record FORGET / RELEASE / RELEASEDIR for
+    `take_deferred` instead of handing each to pyfuse3.  Whoever turns this on
+    must call take_deferred before every request and periodically."""
+    _require()[1].fuseext_set_defer(1 if on else 0)
+
+
+def deferred_pending() -> int:
+    return int(_lib.fuseext_deferred_pending()) if _lib is not None else 0
+
+
+def take_deferred() -> list[tuple[int, int, int]]:
+    """The recorded (opcode, inode, nlookup or fh), oldest first."""
+    global _take_buf
+    ffi, lib = _require()
+    if _take_buf is None:
+        _take_buf = ffi.new("struct fuseext_deferred[]", _TAKE_BATCH)
+    out: list[tuple[int, int, int]] = []
+    while lib.fuseext_deferred_pending():
+        n = lib.fuseext_take_deferred(_take_buf, _TAKE_BATCH)
+        out += [(d.opcode, d.nodeid, d.arg) for d in _take_buf[0:n]]
+    return out
+
+
 def slow_by_opcode() -> dict[str, int]:
     """Requests the C readers handed to Python, by FUSE opcode name (nonzero only)."""
     ffi, lib = _require()

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 ATTR_TIMEOUT = 1.0
+_FORGET, _RELEASE, _RELEASEDIR = fx.DEFERRED_FORGET, fx.DEFERRED_RELEASE, fx.DEFERRED_RELEASEDIR
 ENTRY_TIMEOUT = 60.0
 
 
@@ -36,7 +37,7 @@ def _translate(fn: F) -> F:
     @functools.wraps(fn)
     async def wrapper(self: Operations, *args: Any, **kw: Any) -> Any:
         try:
-            self.fs.sync_fast()  # times of fast-path writes, before anything else
+            self.catch_up()  # what the C readers left, before anything else
             return await fn(self, *args, **kw)
         except FsError as e:
             raise pyfuse3.FUSEError(e.errno) from None
@@ -193,6 +194,31 @@ class Operations(pyfuse3.Operations):
         self._next_fh = 1
         # Set by the daemon: truncate, O_TRUNC, punch and zero-range go through it.
         self.layouts: LayoutManager | None = None
+        # Set by the daemon when the C readers record FORGET / RELEASE /
+        # RELEASEDIR for us (fuse_ext.set_defer): (pending count, take them).
+        self.deferred: tuple[Callable[[], int],
+                             Callable[[], list[tuple[int, int, int]]]] | None = None
+
+    def catch_up(self) -> None:
+        """Apply what the C reader threads left for Python: the requests they
+        recorded and the fast path's timestamps.  Before every request and every
+        periodic commit."""
+        if self.deferred is not None and self.deferred[0]():
+            self.apply_deferred(self.deferred[1]())
+        self.fs.sync_fast()
+
+    def apply_deferred(self, records: list[tuple[int, int, int]]) -> None:
+        for op, ino, arg in records:
+            try:
+                if op == _FORGET:
+                    self.fs.forget(ino, arg)
+                elif op == _RELEASE:
+                    self.fs.release(self._fh.pop(arg))
+                elif op == _RELEASEDIR:
+                    self._dirh.pop(arg, None)
+            except Exception:
+                # As forget/release do: one bad record must not stop the rest.
+                log.exception("deferred request %d on inode %d (%d) failed", op, ino, arg)
 
     # -- helpers -----------------------------------------------------------------
 
@@ -437,11 +463,12 @@ class ExtOperations:
     def __init__(self, fs: Filesystem) -> None:
         self.fs = fs
         self.layouts: LayoutManager | None = None
+        self.catch_up: Callable[[], None] = fs.sync_fast  # the daemon: Operations.catch_up
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
         try:
-            self.fs.sync_fast()
+            self.catch_up()
             yield
         except CorruptionError as e:
             self.fs.mark_corrupt(str(e))

@@ -161,6 +161,29 @@ struct wire_write_out {
     uint32_t padding;
 };
 
+struct wire_forget_in {
+    uint64_t nlookup;
+};
+
+struct wire_batch_forget_in {
+    uint32_t count;
+    uint32_t dummy;
+};
+
+struct wire_forget_one {
+    uint64_t nodeid;
+    uint64_t nlookup;
+};
+
+struct wire_release_in {
+    uint64_t fh;
+    uint32_t flags;
+    uint32_t release_flags;
+    uint64_t lock_owner;
+};
+
+_Static_assert(sizeof(struct wire_release_in) == 24, "fuse_release_in layout");
+
 struct wire_getattr_in {
     uint32_t getattr_flags;
     uint32_t dummy;
@@ -186,7 +209,11 @@ _Static_assert(sizeof(struct wire_attr_out) == 104, "fuse_attr_out layout");
 _Static_assert(sizeof(struct wire_read_in) == 40, "fuse_read_in layout");
 _Static_assert(sizeof(struct wire_write_in) == 40, "fuse_write_in layout");
 
-#define WIRE_FUSE_GETATTR 3                   /* opcodes */
+#define WIRE_FUSE_FORGET 2                    /* opcodes */
+#define WIRE_FUSE_GETATTR 3
+#define WIRE_FUSE_RELEASE 18
+#define WIRE_FUSE_RELEASEDIR 29
+#define WIRE_FUSE_BATCH_FORGET 42
 #define WIRE_FUSE_READ 15
 #define WIRE_FUSE_WRITE 16
 #define WIRE_FUSE_GETXATTR 22
@@ -264,7 +291,16 @@ static struct {
     uint64_t attr_valid_ns;     /* attr timeout of a fast GETATTR reply */
     _Atomic uint64_t fast_reads, fast_writes, fast_getattrs, slow_requests;
     _Atomic uint64_t slow_by_opcode[FUSEEXT_OPCODES]; /* the request mix Python sees */
+    /* FORGET / RELEASE / RELEASEDIR taken here for Python to apply in bulk
+     * (fuseext_take_deferred); protected by dlock. */
+    pthread_mutex_t dlock;
+    int defer;                  /* Python asked for it (fuseext_set_defer) */
+    struct fuseext_deferred *dv;
+    size_t dn, dcap;
+    _Atomic uint64_t dpending;  /* == dn, readable without the lock */
+    _Atomic uint64_t deferred;  /* ever taken */
 } g = {
+    .dlock = PTHREAD_MUTEX_INITIALIZER,
     .lock = PTHREAD_MUTEX_INITIALIZER,
     .efd = -1,
     .accepting = 1,
@@ -920,6 +956,84 @@ static int serve_getxattr(const struct wire_in_header *h, const char *payload, s
     return 1;
 }
 
+/* dlock held.  0, or -1 when out of memory (the request then goes the
+ * ordinary way, through libfuse). */
+static int defer_locked(uint32_t opcode, uint64_t nodeid, uint64_t arg)
+{
+    if (g.dn == g.dcap) {
+        size_t cap = g.dcap ? g.dcap * 2 : 256;
+        struct fuseext_deferred *v = realloc(g.dv, cap * sizeof(*v));
+
+        if (!v)
+            return -1;
+        g.dv = v;
+        g.dcap = cap;
+    }
+    g.dv[g.dn++] = (struct fuseext_deferred){ opcode, nodeid, arg };
+    atomic_store(&g.dpending, g.dn);
+    atomic_fetch_add_explicit(&g.deferred, 1, memory_order_relaxed);
+    return 0;
+}
+
+/*
+ * FORGET, BATCH_FORGET, RELEASE and RELEASEDIR change nothing the kernel
+ * waits for (FORGET has no reply; a RELEASE reply's error is ignored, and
+ * close(2) has returned long before): record them for Python, which applies
+ * them before the next request it serves and at every periodic commit, in bulk - not
+ * one trip through pyfuse3 each.  Counts commute, so a LOOKUP served before
+ * an older FORGET is applied leaves the same lookup count.
+ */
+static int serve_deferred(const struct wire_in_header *h, const char *payload, size_t len)
+{
+    int ok = 0;
+
+    pthread_mutex_lock(&g.dlock);
+    if (!g.defer) {
+        pthread_mutex_unlock(&g.dlock);
+        return 0;
+    }
+    switch (h->opcode) {
+    case WIRE_FUSE_FORGET:
+        if (len >= sizeof(struct wire_forget_in))
+            ok = defer_locked(WIRE_FUSE_FORGET, h->nodeid,
+                              ((const struct wire_forget_in *)payload)->nlookup) == 0;
+        break;
+    case WIRE_FUSE_BATCH_FORGET: {
+        const struct wire_batch_forget_in *b = (const void *)payload;
+        const struct wire_forget_one *one = (const void *)(payload + sizeof(*b));
+        size_t n = g.dn;
+
+        if (len < sizeof(*b) || (len - sizeof(*b)) / sizeof(*one) < b->count)
+            break;
+        ok = 1;
+        for (uint32_t i = 0; i < b->count && ok; i++)
+            ok = defer_locked(WIRE_FUSE_FORGET, one[i].nodeid, one[i].nlookup) == 0;
+        if (!ok) {          /* all or nothing: libfuse gets the whole batch */
+            g.dn = n;
+            atomic_store(&g.dpending, n);
+        }
+        break;
+    }
+    case WIRE_FUSE_RELEASE:
+    case WIRE_FUSE_RELEASEDIR:
+        if (len >= sizeof(struct wire_release_in))
+            ok = defer_locked(h->opcode, h->nodeid,
+                              ((const struct wire_release_in *)payload)->fh) == 0;
+        break;
+    }
+    pthread_mutex_unlock(&g.dlock);
+    if (!ok)
+        return 0;
+    /* No wake-up: the next request, or the next commit, applies them. */
+    if (h->opcode == WIRE_FUSE_RELEASE || h->opcode == WIRE_FUSE_RELEASEDIR) {
+        struct wire_out_header oh = { sizeof(oh), 0, h->unique };
+
+        if (write(g.devfd, &oh, sizeof(oh)) < 0 && errno != ENOENT && errno != ENODEV)
+            warn("writing a fast reply failed");
+    }
+    return 1;
+}
+
 /* (seconds, nanoseconds) of a CLOCK_REALTIME ns time, floored like stat's. */
 static void split_ns(int64_t t, uint64_t *sec, uint32_t *nsec)
 {
@@ -983,6 +1097,9 @@ static int serve_fast(const char *buf, size_t n)
     if (h->opcode == WIRE_FUSE_GETATTR && n >= hl + sizeof(struct wire_getattr_in) &&
         g.getattr)
         return serve_getattr(h);
+    if (h->opcode == WIRE_FUSE_FORGET || h->opcode == WIRE_FUSE_BATCH_FORGET ||
+        h->opcode == WIRE_FUSE_RELEASE || h->opcode == WIRE_FUSE_RELEASEDIR)
+        return serve_deferred(h, buf + hl, n - hl);
     return 0;
 }
 
@@ -1255,7 +1372,35 @@ void fuseext_get_info(struct fuseext_info *out)
     out->fast_reads = atomic_load(&g.fast_reads);
     out->fast_writes = atomic_load(&g.fast_writes);
     out->fast_getattrs = atomic_load(&g.fast_getattrs);
+    out->deferred = atomic_load(&g.deferred);
     out->slow_requests = atomic_load(&g.slow_requests);
+}
+
+void fuseext_set_defer(int on)
+{
+    pthread_mutex_lock(&g.dlock);
+    g.defer = on != 0;
+    pthread_mutex_unlock(&g.dlock);
+}
+
+uint64_t fuseext_deferred_pending(void)
+{
+    return atomic_load_explicit(&g.dpending, memory_order_acquire);
+}
+
+int64_t fuseext_take_deferred(struct fuseext_deferred *out, uint64_t max)
+{
+    uint64_t take;
+
+    pthread_mutex_lock(&g.dlock);
+    take = g.dn < max ? g.dn : max;
+    /* In arrival order: a RELEASE before the FORGET of the same inode. */
+    memcpy(out, g.dv, take * sizeof(*out));
+    memmove(g.dv, g.dv + take, (g.dn - take) * sizeof(*out));
+    g.dn -= take;
+    atomic_store(&g.dpending, g.dn);
+    pthread_mutex_unlock(&g.dlock);
+    return (int64_t)take;
 }
 
 int fuseext_slow_by_opcode(uint64_t *out, int n)

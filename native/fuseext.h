@@ -133,6 +133,7 @@ struct fuseext_info {
     uint64_t fast_reads;     /* requests the readers answered themselves */
     uint64_t fast_writes;
     uint64_t fast_getattrs;  /* GETATTR answered from the core's attr copy */
+    uint64_t deferred;       /* FORGET/RELEASE(DIR) recorded for Python to apply */
     uint64_t slow_requests;  /* requests the readers passed to libfuse */
 };
 
@@ -146,6 +147,20 @@ void fuseext_get_info(struct fuseext_info *out);
  * (index 0: opcodes >= FUSEEXT_OPCODES).  Fills out[0..n), returns the count. */
 #define FUSEEXT_OPCODES 64
 int fuseext_slow_by_opcode(uint64_t *out, int n);
+
+/* With the reader threads, FORGET / BATCH_FORGET (opcode 2 for each inode),
+ * RELEASE (18) and RELEASEDIR (29) can be recorded instead of handed to
+ * libfuse (RELEASE* answered 0 at once), for the filesystem to apply in
+ * bulk.  Off until fuseext_set_defer(1); whoever turns it on must take them. */
+struct fuseext_deferred {
+    uint32_t opcode;
+    uint64_t nodeid;
+    uint64_t arg;            /* FORGET: nlookup; RELEASE*: fh */
+};
+void fuseext_set_defer(int on);
+uint64_t fuseext_deferred_pending(void);
+/* Move up to max records, oldest first, to out; returns the number. */
+int64_t fuseext_take_deferred(struct fuseext_deferred *out, uint64_t max);
 
 /* Non-blocking eventfd that becomes readable when events are queued, or
  * -errno. */
