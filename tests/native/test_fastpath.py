@@ -245,6 +245,41 @@ def test_read_due_atime_clears_attr(core):
     assert core.fast_set_attr(INO, **ATTR)
 
 
+def test_published_copy_never_misses_a_completed_write(core):
+    """Writers check, after each write, that any copy they can see has an mtime
+    at least their write's; meanwhile the 'filesystem' drains stamps, folds
+    them and republishes as fast as it can."""
+    give(core, INO, 0, 10, 4)
+    core.fast_publish(INO, 4 * PAGE_SIZE, 2**63 - 1)
+    stop = threading.Event()
+    bad: list[str] = []
+    seen = [0]
+
+    def writer(k: int) -> None:
+        while not stop.is_set():
+            t0 = time.time_ns()
+            assert core.fast_write(INO, k * PAGE_SIZE, b"w") == 1
+            a = core.fast_getattr(INO)
+            if a is not None:
+                seen[0] += 1
+                if a["mtime"] < t0:
+                    bad.append(f"copy mtime {a['mtime']} < write start {t0}")
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    mtime, deadline = 0, time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        for _ino, wtime, _rtime in core.fast_drain():
+            mtime = max(mtime, wtime)
+        core.fast_set_attr(INO, **{**ATTR, "mtime": mtime})
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not bad, bad[:3]
+    assert seen[0] > 0  # copies were published and seen between writes
+
+
 def test_concurrent_writers_and_truncate_never_collide(core, pm):
     """Writers hammer a range while a 'truncate' blocks it, waits for the pins,
     frees and remaps it: no page is freed under a copy (no collision), and the
