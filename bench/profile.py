@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -82,24 +83,31 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def fuse_counters(mnt: Path) -> dict[str, int]:
+def fuse_counters(mnt: Path) -> dict[str, Any]:
     from daxfs.client import Client
 
     with Client(str(mnt)) as c:
         return dict(c.status().get("fuse", {}))
 
 
-def split(wall: float, cpu: float, before: dict[str, int],
-          after: dict[str, int]) -> list[str]:
+def split(wall: float, cpu: float, before: dict[str, Any],
+          after: dict[str, Any]) -> list[str]:
     """Who answered the requests and the daemon's CPU per request: the part of the
     story py-spy cannot see (the C reader threads)."""
-    d = {k: after.get(k, 0) - before.get(k, 0)
-         for k in ("fast_reads", "fast_writes", "slow_requests")}
+    keys = ("fast_reads", "fast_writes", "fast_getattrs", "deferred", "slow_requests")
+    d = {k: int(after.get(k, 0)) - int(before.get(k, 0)) for k in keys}
     n = sum(d.values())
     per = f"{cpu / n * 1e6:.1f} us of daemon CPU per request" if n else "no requests"
-    return [f"  requests: {d['fast_reads']} fast reads, {d['fast_writes']} fast writes "
-            f"(C reader threads), {d['slow_requests']} to pyfuse3 (Python); daemon CPU "
-            f"{cpu:.2f} s in {wall:.2f} s ({cpu / wall:.0%} of a core); {per}"]
+    mix_a, mix_b = after.get("slow_by_opcode", {}), before.get("slow_by_opcode", {})
+    mix = {op: mix_a[op] - mix_b.get(op, 0) for op in mix_a if mix_a[op] - mix_b.get(op, 0)}
+    return [f"  requests: {d['fast_reads']} fast reads, {d['fast_writes']} fast writes, "
+            f"{d['fast_getattrs']} GETATTR (C reader threads), {d['deferred']} "
+            f"FORGET/RELEASE recorded for Python in bulk, {d['slow_requests']} to pyfuse3 "
+            f"(Python); daemon CPU {cpu:.2f} s in {wall:.2f} s ({cpu / wall:.0%} of a core); "
+            f"{per}",
+            "  Python's requests by opcode: "
+            + (", ".join(f"{op} {n}" for op, n in sorted(mix.items(), key=lambda x: -x[1]))
+               or "none")]
 
 
 def record(pid: int, raw: Path, work: Callable[[], str]) -> tuple[float, str]:
