@@ -563,9 +563,9 @@ class Filesystem:
         for ino in [i for i, n in self.cache.items()
                     if not n.lookups and not n.opens and i != fmt.ROOT_INO
                     and not n.is_dir()]:
-            inode = self.cache.pop(ino)
-            if inode.ext is not None or inode.attrs_out:
-                self.hooks.dropped(ino)
+            self.cache.pop(ino)
+            # Its pfn map, or an attribute copy (valid or not), may be in the core.
+            self.hooks.dropped(ino)
 
     def fsync(self, ino: int | None, datasync: bool = False) -> None:
         if ino is not None:
