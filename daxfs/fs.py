@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import operator
 import os
 import stat
 from collections.abc import Iterator
@@ -62,6 +63,8 @@ _XATTR_NAMESPACES = (b"user.", b"trusted.", b"security.")
 META_RESERVE = 8
 # A transaction is committed early once it may hold this share of the journal.
 _TXN_FRACTION = 4
+# A file with more extents than this is flushed as one span of device blocks.
+_FLUSH_SPAN_RUNS = 64
 
 
 class LayoutHooks(Protocol):
@@ -483,7 +486,16 @@ class Filesystem:
 
     def flush_data(self, inode: Inode) -> None:
         em = inode.ext
-        if em is None:
+        if em is None or not em.pblk:
+            return
+        if len(em.pblk) > _FLUSH_SPAN_RUNS:
+            # A fragmented file: one flush of the span of its blocks, not one per
+            # run (tens of thousands after random allocating writes); flushing
+            # clean pages too is never wrong, and a drain writes back only the
+            # dirty ones.
+            lo = min(em.pblk)
+            hi = max(map(operator.add, em.pblk, em.count))
+            self.ops.flush(lo * BS, (hi - lo) * BS)
             return
         for _lblk, pblk, count in em.runs():
             self.ops.flush(pblk * BS, count * BS)
