@@ -971,7 +971,6 @@ static int defer_locked(uint32_t opcode, uint64_t nodeid, uint64_t arg)
     }
     g.dv[g.dn++] = (struct fuseext_deferred){ opcode, nodeid, arg };
     atomic_store(&g.dpending, g.dn);
-    atomic_fetch_add_explicit(&g.deferred, 1, memory_order_relaxed);
     return 0;
 }
 
@@ -985,9 +984,11 @@ static int defer_locked(uint32_t opcode, uint64_t nodeid, uint64_t arg)
  */
 static int serve_deferred(const struct wire_in_header *h, const char *payload, size_t len)
 {
+    size_t n0;
     int ok = 0;
 
     pthread_mutex_lock(&g.dlock);
+    n0 = g.dn;
     if (!g.defer) {
         pthread_mutex_unlock(&g.dlock);
         return 0;
@@ -1021,6 +1022,8 @@ static int serve_deferred(const struct wire_in_header *h, const char *payload, s
                               ((const struct wire_release_in *)payload)->fh) == 0;
         break;
     }
+    if (ok)
+        atomic_fetch_add_explicit(&g.deferred, g.dn - n0, memory_order_relaxed);
     pthread_mutex_unlock(&g.dlock);
     if (!ok)
         return 0;

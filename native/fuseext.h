@@ -133,7 +133,7 @@ struct fuseext_info {
     uint64_t fast_reads;     /* requests the readers answered themselves */
     uint64_t fast_writes;
     uint64_t fast_getattrs;  /* GETATTR answered from the core's attr copy */
-    uint64_t deferred;       /* FORGET/RELEASE(DIR) recorded for Python to apply */
+    uint64_t deferred;       /* records (an inode each) of FORGET/RELEASE(DIR) for Python */
     uint64_t slow_requests;  /* requests the readers passed to libfuse */
 };
 
