@@ -326,6 +326,9 @@ class ControlServer:
             with trio.CancelScope(shield=True):
                 await self._cleanup(c)
             sock.close()
+            if out.dropped:
+                log.warning("control: %s did not read: %d replies/events dropped", c.name,
+                            out.dropped)
             log.info("control: %s disconnected", c.name)
 
     async def _writer(self, sock: trio.socket.SocketType, out: Outbox) -> None:
