@@ -23,6 +23,7 @@ import stat
 import struct
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -215,6 +216,9 @@ class ControlServer:
         self.counters = {"connections": 0, "requests": 0, "errors": 0, "protocol_errors": 0,
                          "dma_submitted": 0, "dma_completed": 0, "dma_failed": 0,
                          "invalidations": 0}
+        # op name -> handler, looked up once per request
+        self._handlers: dict[str, Callable[..., Awaitable[dict[str, Any] | None]]] = {
+            name[3:]: getattr(self, name) for name in dir(self) if name.startswith("op_")}
 
     def __repr__(self) -> str:
         return f"<ControlServer {self.path} clients={len(self.clients)}>"
@@ -402,7 +406,7 @@ class ControlServer:
         self.counters["requests"] += 1
         rid = msg.get("id")
         op = msg["op"]
-        handler = getattr(self, f"op_{op}", None)
+        handler = self._handlers.get(op)
         try:
             try:
                 if handler is None:
@@ -429,7 +433,9 @@ class ControlServer:
             c.notify({"id": rid, "ok": False, "errno": errno.EIO, "error": "EIO",
                       "message": f"internal error: {e}"})
         else:
-            c.notify({"id": rid, "ok": True, **(reply or {})})
+            reply = {} if reply is None else reply  # otherwise a dict of the handler's own
+            reply["id"], reply["ok"] = rid, True
+            c.notify(reply)
         finally:
             for fd in fds:
                 if fd >= 0:

@@ -296,6 +296,7 @@ class LayoutManager:
         # Invariants: a lock is in `locks` only while in use (idle ones are dropped);
         # holds[ino] == number of holders that took an inode reference.
         self.locks: dict[int, InvalidateLock] = {}
+        self._spare_locks: list[InvalidateLock] = []
         self.leases: dict[int, Lease] = {}
         # The LAYOUT/EXCLUSIVE subset: conflict checks and lease lookups scan these
         # few, not one ALLOCATED lease per registration and DMA in flight.
@@ -329,13 +330,18 @@ class LayoutManager:
     def lock(self, ino: int) -> InvalidateLock:
         lk = self.locks.get(ino)
         if lk is None:
-            lk = self.locks[ino] = InvalidateLock()
+            lk = self.locks[ino] = self._spare_locks.pop() if self._spare_locks \
+                else InvalidateLock()
         return lk
 
     def _drop_idle_lock(self, ino: int) -> None:
         lk = self.locks.get(ino)
         if lk is not None and lk.idle:
             del self.locks[ino]
+            # Idle means no holder and nobody parked: as good as new.  Every control
+            # request takes one, and a ParkingLot costs more to build than to keep.
+            if len(self._spare_locks) < 64:
+                self._spare_locks.append(lk)
 
     def shared(self, ino: int) -> _SharedHold:
         """``async with``: inode ``ino``'s invalidate lock, shared."""

@@ -102,6 +102,30 @@ async def test_invalidate_lock_writer_excludes_readers() -> None:
 
 
 @trio_test
+async def test_idle_locks_are_reused_clean(env: Env) -> None:
+    """Locks leave `locks` when idle and come back from a spare list, as new."""
+    lm = env.layouts
+    async with lm.shared(env.ino):
+        first = lm.locks[env.ino]
+        assert first.readers == 1
+    assert env.ino not in lm.locks  # idle: dropped
+    async with lm.shared(12345):
+        assert lm.locks[12345] is first and first.readers == 1  # reused
+    async with trio.open_nursery() as n:
+        async with lm.shared(env.ino):
+            lk = lm.locks[env.ino]
+
+            async def writer() -> None:  # a truncate: exclusive, then dropped idle
+                await lm.break_layout(env.ino, 0, 1, lambda: None, what="t")
+
+            n.start_soon(writer)
+            await trio.testing.wait_all_tasks_blocked()
+            assert lk.waiting_writers == 1  # a waiter keeps it out of the spares
+        await trio.testing.wait_all_tasks_blocked()
+    assert lm.locks == {} and all(x.idle for x in lm._spare_locks)
+
+
+@trio_test
 async def test_break_waits_for_pins_and_blocks_new_ones(env: Env) -> None:
     done: list[int] = []
     env.core.pin_file(env.ino, 2, 1)
