@@ -367,6 +367,8 @@ class Filesystem:
         its reply: fs methods are synchronous and call _dirty with each change, so
         no inode is half-changed here, and the kernel never hears of a change the
         copy lacks."""
+        if not self.attrs_touched:
+            return
         touched, self.attrs_touched = self.attrs_touched, set()
         for ino in touched:
             inode = self.cache.get(ino)

@@ -51,8 +51,7 @@ def _translate(fn: F) -> F:
             log.exception("%s%r failed", fn.__name__, args[:2])
             raise pyfuse3.FUSEError(errno.EIO) from None
         finally:
-            if self.fs.attrs_touched:  # before pyfuse3 sends the reply
-                self.fs.publish_attrs()
+            self.fs.publish_attrs()  # before pyfuse3 sends the reply
 
     return cast(F, wrapper)
 
@@ -476,8 +475,7 @@ class ExtOperations:
         except FsError as e:
             raise OSError(e.errno, os.strerror(e.errno)) from None
         finally:
-            if self.fs.attrs_touched:
-                self.fs.publish_attrs()
+            self.fs.publish_attrs()
 
     async def fallocate(self, ino: int, fh: int, mode: int, offset: int, length: int,
                         interrupted: Any = None, *, ctx: Mapping[str, int] | None = None) -> None:

@@ -109,6 +109,11 @@ _ERRORS: dict[int, type[NativeError]] = {
 }
 
 
+def _fields(ptr: Any) -> dict[str, int]:
+    """A pointer to a struct of integers, as a dict."""
+    return {name: int(getattr(ptr, name)) for name, _ in _ffi.typeof(ptr[0]).fields}
+
+
 def error_from_code(code: int, what: str) -> NativeError:
     """The exception for a core return code ``code`` (negative errno)."""
     err = -code if code < 0 else code
@@ -601,8 +606,7 @@ class Core:
         out = _ffi.new("struct daxfs_attr *")
         if _lib.daxfs_fast_getattr(self._p, ino, out) < 0:
             return None
-        return {name: int(getattr(out, name)) for name, _ in _ffi.typeof(
-            "struct daxfs_attr").fields}
+        return _fields(out)
 
     def fast_publish(self, ino: int, size: int, atime_next: int) -> None:
         _check(_lib.daxfs_fast_publish(self._p, ino, size, atime_next), "fast_publish")
@@ -731,7 +735,7 @@ class Core:
         """Counters: pinned pages, pins taken, collisions, DMA, waiters..."""
         s = _ffi.new("struct daxfs_stats *")
         _lib.daxfs_core_stats(self._p, s)
-        return {name: int(getattr(s, name)) for name, _ in _ffi.typeof(s[0]).fields}
+        return _fields(s)
 
     statistics = stats
 
